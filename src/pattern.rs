@@ -14,7 +14,7 @@ use std::str::FromStr;
 use crate::reference::{self, DOCKER_HUB, LEGACY_DOCKER_HUB, Reference};
 
 /// The longest pattern accepted; the CRD schema enforces the same bound.
-pub const MAX_PATTERN_LEN: usize = 512;
+pub const MAX_PATTERN_LEN: usize = 255;
 
 /// Why a string is not a registry pattern. Each message says how to write it instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -43,8 +43,8 @@ pub enum PatternError {
     Path(String, String),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Host {
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Host {
     /// Lowercased DNS name or IPv4 address.
     Exact(String),
     /// Lowercased suffix including the leading dot: `.example.com`.
@@ -52,8 +52,8 @@ enum Host {
     Ipv6(Ipv6Addr),
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Segment {
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) enum Segment {
     Literal(String),
     Any,
 }
@@ -75,7 +75,19 @@ impl Pattern {
 
     /// Whether `image` is on this pattern's registry and at or below its path.
     pub fn matches(&self, image: &Reference<'_>) -> bool {
-        self.port.as_deref() == image.port() && self.host_matches(image.host()) && self.path_matches(image.path())
+        let (host, port) = reference::split_port(image.domain());
+        self.matches_parts(host, port, image.path())
+    }
+
+    /// [`Self::matches`] on a reference already split into host, port and path, for callers
+    /// that match one image against many patterns.
+    pub fn matches_parts(&self, host: &str, port: Option<&str>, path: &str) -> bool {
+        self.port.as_deref() == port && self.host_matches(host) && self.path_matches(path)
+    }
+
+    /// Two patterns with the same key match exactly the same images.
+    pub(crate) fn key(&self) -> (&Host, Option<&str>, &[Segment]) {
+        (&self.host, self.port.as_deref(), &self.path)
     }
 
     fn host_matches(&self, host: &str) -> bool {
@@ -303,6 +315,6 @@ mod tests {
         assert!(matches!(err("-bad.io"), PatternError::Host(..)));
         assert!(matches!(err("[zz::1]:5000"), PatternError::Host(..)));
         assert!(matches!(err("reg .io"), PatternError::Whitespace(_)));
-        assert!(matches!(err(&"a".repeat(600)), PatternError::TooLong));
+        assert!(matches!(err(&"a".repeat(300)), PatternError::TooLong));
     }
 }

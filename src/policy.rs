@@ -58,7 +58,7 @@ pub struct TrustedRegistryPolicySpec {
     /// subdomain; a path segment may be `*` for exactly one segment. Hosts compare
     /// case-insensitively, ports exactly. Docker Hub is `docker.io` (official images live in
     /// `docker.io/library`). Patterns never contain tags or digests.
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 128))]
     pub trusted_registries: Vec<RegistryPattern>,
 
     /// `Allow` (the default) normalizes images without a registry host the way the container
@@ -85,7 +85,7 @@ pub struct TrustedRegistryPolicySpec {
     /// Narrow, expiring carve-outs: images matching an exception are trusted by this policy in
     /// the exception's namespaces until it expires.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 256))]
+    #[schemars(length(max = 64))]
     pub exceptions: Vec<Exception>,
 
     /// Appended to every denial and warning from this policy: tell developers where trusted
@@ -153,7 +153,7 @@ pub struct TagRules {
 pub struct Exception {
     /// Image patterns this exception covers, in the same grammar as trustedRegistries
     /// (`docker.io/library/busybox` covers every tag of that repository).
-    #[schemars(length(min = 1, max = 256))]
+    #[schemars(length(min = 1, max = 32))]
     pub images: Vec<RegistryPattern>,
 
     /// Namespaces the exception applies in. Empty: every namespace the policy applies to.
@@ -171,7 +171,8 @@ pub struct Exception {
 }
 
 /// A `host[:port][/path]` registry pattern, validated by the API server with CEL rules that
-/// mirror [`Pattern`]'s parser.
+/// mirror [`Pattern`]'s parser. The list bounds above keep the rules' estimated CEL cost
+/// (string length x regex length x enclosing maxItems) well inside the API server's budget.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Hash)]
 #[serde(transparent)]
 pub struct RegistryPattern(pub String);
@@ -193,23 +194,24 @@ impl JsonSchema for RegistryPattern {
 
     fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         // The rules run in order of likelihood; each one's message says how to fix the pattern.
+        let [host, no_tag, grammar] = CEL_RULES;
         schemars::json_schema!({
             "type": "string",
             "minLength": 1,
             "maxLength": MAX_PATTERN_LEN,
             "x-kubernetes-validations": [
                 {
-                    "rule": r"self.matches(r'^(\[|localhost(:|/|$)|[^/]*[.:])')",
+                    "rule": format!("self.matches(r'{host}')"),
                     "messageExpression": r#"'"' + self + '" names no registry host (the runtime reads it as a Docker Hub repository); write "docker.io/' + (self.contains('/') ? '' : 'library/') + self + '"'"#,
                     "reason": "FieldValueInvalid"
                 },
                 {
-                    "rule": r"!self.contains('@') && !self.matches(r'/[^/]*:')",
+                    "rule": format!("!self.contains('@') && !self.matches(r'{no_tag}')"),
                     "message": "patterns name registries and repositories only, never tags or digests",
                     "reason": "FieldValueInvalid"
                 },
                 {
-                    "rule": format!("self.matches(r'{PATTERN_REGEX}')"),
+                    "rule": format!("self.matches(r'{grammar}')"),
                     "message": "must be host[:port][/path]: a DNS name (optionally with a leading \"*.\"), IPv4 or [IPv6] host, a port of 1 to 5 digits, and lowercase path segments or \"*\"",
                     "reason": "FieldValueInvalid"
                 }
@@ -218,7 +220,10 @@ impl JsonSchema for RegistryPattern {
     }
 }
 
-/// The grammar of [`Pattern`] as an RE2 expression for the CRD's CEL rule.
+/// The RE2 expressions of the CRD's CEL rules: the first component names a host; no tag after
+/// a '/'; the grammar of [`Pattern`]. Tested against the parser in `tests`.
+pub(crate) const CEL_RULES: [&str; 3] = [r"^(\[|localhost(:|/|$)|[^/]*[.:])", r"/[^/]*:", PATTERN_REGEX];
+
 const PATTERN_REGEX: &str = concat!(
     r"^(\*\.)?[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]*[a-zA-Z0-9])?)*",
     r"(:[0-9]{1,5})?(/([a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*|\*))*$",
@@ -398,7 +403,7 @@ impl CompiledPolicy {
     }
 
     /// Every reason `image` fails this policy in `namespace`, pushed onto `out`.
-    fn check(&self, image: &Image<'_>, namespace: &str, now: Timestamp, out: &mut Vec<Violation>) {
+    fn check(&self, image: &Image<'_>, trusted: bool, namespace: &str, now: Timestamp, out: &mut Vec<Violation>) {
         let parsed = match &image.parsed {
             Ok(r) => r,
             Err(e) => {
@@ -412,7 +417,7 @@ impl CompiledPolicy {
             }
         };
         let mut kinds = [None; 4];
-        if !self.trusted.iter().any(|p| p.matches(parsed)) {
+        if !trusted {
             kinds[0] = Some(ViolationKind::Untrusted);
         }
         if self.deny_unqualified && !parsed.has_written_domain() {
@@ -585,12 +590,35 @@ impl<'a> Namespace<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
     policies: Vec<CompiledPolicy>,
+    /// Every distinct trusted pattern of the set, once: policies commonly share registries,
+    /// and each image is matched against each distinct pattern at most once.
+    patterns: Vec<Pattern>,
+    /// For each policy, the indexes of its trusted patterns in `patterns`.
+    trusted: Vec<Vec<usize>>,
 }
 
 impl PolicySet {
     pub fn new(mut policies: Vec<CompiledPolicy>) -> Self {
         policies.sort_by(|a, b| a.name.cmp(&b.name));
-        PolicySet { policies }
+        let mut patterns: Vec<Pattern> = Vec::new();
+        let mut index = std::collections::HashMap::new();
+        let trusted = policies
+            .iter()
+            .map(|policy| {
+                policy
+                    .trusted
+                    .iter()
+                    .map(|p| {
+                        let (host, port, path) = p.key();
+                        *index.entry((host.clone(), port.map(str::to_owned), path.to_vec())).or_insert_with(|| {
+                            patterns.push(p.clone());
+                            patterns.len() - 1
+                        })
+                    })
+                    .collect()
+            })
+            .collect();
+        PolicySet { policies, patterns, trusted }
     }
 
     /// Compiles every policy; invalid ones are left out and returned as errors.
@@ -626,15 +654,33 @@ impl PolicySet {
     /// Evaluates every container against every applicable policy.
     pub fn evaluate(&self, namespace: &Namespace<'_>, containers: &[Container<'_>], now: Timestamp) -> Decision {
         let mut violations = Vec::new();
-        let applicable: Vec<&CompiledPolicy> = self.policies.iter().filter(|p| p.applies_to(namespace)).collect();
+        let applicable: Vec<usize> =
+            (0..self.policies.len()).filter(|&i| self.policies[i].applies_to(namespace)).collect();
         if applicable.is_empty() {
             return Decision { violations };
         }
+        // Per image: 0 = pattern not tried yet, 1 = no match, 2 = match.
+        let mut memo = vec![0u8; self.patterns.len()];
         for container in containers {
             let text = container.image.as_deref().unwrap_or("");
             let image = Image { container, text, parsed: Reference::parse(text) };
-            for policy in &applicable {
-                policy.check(&image, namespace.name, now, &mut violations);
+            let parts = image.parsed.as_ref().ok().map(|r| {
+                let (host, port) = crate::reference::split_port(r.domain());
+                (host, port, r.path())
+            });
+            memo.fill(0);
+            for &i in &applicable {
+                let trusted = parts.is_some_and(|(host, port, path)| {
+                    self.trusted[i].iter().any(|&p| match memo[p] {
+                        0 => {
+                            let hit = self.patterns[p].matches_parts(host, port, path);
+                            memo[p] = 1 + u8::from(hit);
+                            hit
+                        }
+                        seen => seen == 2,
+                    })
+                });
+                self.policies[i].check(&image, trusted, namespace.name, now, &mut violations);
             }
         }
         Decision { violations }

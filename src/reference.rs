@@ -101,19 +101,19 @@ impl<'a> Reference<'a> {
         // The runtime's domain split: the first component is a registry host only when it
         // looks like one; everything else is a Docker Hub repository.
         let (domain, remainder, written_domain): (Cow<'a, str>, Cow<'a, str>, bool) = match input.split_once('/') {
-            None => (Cow::Borrowed(DOCKER_HUB), Cow::Owned(format!("{OFFICIAL_PREFIX}{input}")), false),
+            None => (Cow::Borrowed(DOCKER_HUB), Cow::Owned(official(input)), false),
             Some((first, rest)) => {
                 let (domain, remainder, written) = if first == "localhost" {
                     (first, rest, true)
                 } else if first == LEGACY_DOCKER_HUB {
                     (DOCKER_HUB, rest, true)
-                } else if first.contains(['.', ':']) || first.bytes().any(|b| b.is_ascii_uppercase()) {
+                } else if first.contains(['.', ':']) || has_uppercase(first) {
                     (first, rest, true)
                 } else {
                     (DOCKER_HUB, input, false)
                 };
                 if domain == DOCKER_HUB && !remainder.contains('/') {
-                    (Cow::Borrowed(domain), Cow::Owned(format!("{OFFICIAL_PREFIX}{remainder}")), written)
+                    (Cow::Borrowed(domain), Cow::Owned(official(remainder)), written)
                 } else {
                     (Cow::Borrowed(domain), Cow::Borrowed(remainder), written)
                 }
@@ -121,7 +121,7 @@ impl<'a> Reference<'a> {
         };
 
         let remote = remainder.split_once(':').map_or(&*remainder, |(r, _)| r);
-        if remote.bytes().any(|b| b.is_ascii_uppercase()) {
+        if has_uppercase(remote) {
             return Err(ReferenceError::Uppercase(remote.to_owned()));
         }
 
@@ -129,7 +129,7 @@ impl<'a> Reference<'a> {
             Ok(parts) => parts,
             Err(detail) => {
                 // The runtime re-tries lowercased to tell "uppercase" apart from "malformed".
-                let (ld, lr) = (domain.to_ascii_lowercase(), remainder.to_ascii_lowercase());
+                let (ld, lr) = (go_lowercase(&domain), go_lowercase(&remainder));
                 if (ld != *domain || lr != *remainder) && split_reference(&ld, &lr).is_ok() {
                     return Err(ReferenceError::Uppercase(remote.to_owned()));
                 }
@@ -256,6 +256,14 @@ impl fmt::Display for Reference<'_> {
     }
 }
 
+/// `library/<name>`, the path of a Docker Hub official image (`format!` costs twice as much).
+fn official(name: &str) -> String {
+    let mut path = String::with_capacity(OFFICIAL_PREFIX.len() + name.len());
+    path.push_str(OFFICIAL_PREFIX);
+    path.push_str(name);
+    path
+}
+
 /// Splits `host[:port]` at the port colon, minding IPv6 brackets.
 pub fn split_port(domain: &str) -> (&str, Option<&str>) {
     let host_end = if domain.starts_with('[') {
@@ -324,6 +332,29 @@ fn split_reference(domain: &str, remainder: &str) -> Result<Parts, Detail> {
         return Err(Detail::Domain);
     };
     Ok(Parts { domain_matched, path_len, tag, digest })
+}
+
+/// Go's `strings.ToLower(s) != s`: any character that lowercasing changes (the Kelvin sign and
+/// other non-ASCII capitals included, as the runtime sees them).
+fn has_uppercase(s: &str) -> bool {
+    if s.is_ascii() { s.bytes().any(|b| b.is_ascii_uppercase()) } else { s.chars().any(|c| go_lower_char(c) != c) }
+}
+
+/// Go's `strings.ToLower`: simple, one-to-one case mapping per character.
+fn go_lowercase(s: &str) -> String {
+    s.chars().map(go_lower_char).collect()
+}
+
+fn go_lower_char(c: char) -> char {
+    // Rust's full mapping turns U+0130 into "i\u{307}"; Go's simple mapping gives "i".
+    if c == '\u{130}' {
+        return 'i';
+    }
+    let mut lower = c.to_lowercase();
+    match (lower.next(), lower.next()) {
+        (Some(l), None) => l,
+        _ => c,
+    }
 }
 
 fn is_lower_hex(b: u8) -> bool {
@@ -416,6 +447,11 @@ fn is_digest_syntax(s: &str) -> bool {
     algorithm_ok && hex.len() >= 32 && hex.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
+/// `[a-z0-9]+([.+_-][a-z0-9]+)*`
+fn is_digest_algorithm_shape(s: &str) -> bool {
+    s.split(['.', '+', '_', '-']).all(|part| !part.is_empty() && part.bytes().all(is_lower_alnum))
+}
+
 /// go-digest's validation: a registered algorithm, exact length, lowercase hex.
 fn validate_digest(s: &str) -> Result<(), ReferenceError> {
     let (algorithm, hex) = s.split_once(':').unwrap_or((s, ""));
@@ -423,7 +459,15 @@ fn validate_digest(s: &str) -> Result<(), ReferenceError> {
         "sha256" => ("sha256", 64),
         "sha384" => ("sha384", 96),
         "sha512" => ("sha512", 128),
-        other => return Err(ReferenceError::DigestUnsupported(other.to_owned())),
+        // go-digest tells an unknown algorithm apart from a malformed digest by its own,
+        // lowercase-only grammar.
+        other
+            if is_digest_algorithm_shape(other)
+                && hex.bytes().all(|b| b.is_ascii_alphanumeric() || b"=_-".contains(&b)) =>
+        {
+            return Err(ReferenceError::DigestUnsupported(other.to_owned()));
+        }
+        _ => return Err(ReferenceError::DigestFormat),
     };
     if hex.len() != expected {
         return Err(ReferenceError::DigestLength { algorithm, expected, actual: hex.len() });

@@ -325,3 +325,86 @@ fn counts_policies_by_mode() {
     let names: Vec<&str> = set.policies().iter().map(|p| p.name()).collect();
     assert_eq!(names, ["corporate", "w", "x"]);
 }
+
+/// The CRD's CEL rules run in the API server, which we cannot start here; check that their
+/// regular expressions (RE2 syntax, which the `regex` crate shares) accept exactly what the
+/// server's parser accepts, apart from the checks only the parser can make.
+#[test]
+fn cel_rules_agree_with_the_pattern_parser() {
+    use crate::pattern::Pattern;
+    let [host, no_tag, grammar] = CEL_RULES.map(|r| regex::Regex::new(r).expect("valid RE2"));
+    let cel_accepts = |s: &str| host.is_match(s) && !s.contains('@') && !no_tag.is_match(s) && grammar.is_match(s);
+    let samples = [
+        "registry.my.com",
+        "ghcr.io/my-org",
+        "ghcr.io/my-org/app",
+        "*.dkr.ecr.eu-west-1.amazonaws.com",
+        "docker.io/library",
+        "index.docker.io",
+        "localhost",
+        "localhost:5000",
+        "localhost/x",
+        "[fd00::1]:5000",
+        "[fd00::1]/x",
+        "10.0.0.1:5000/team",
+        "ghcr.io/*/base",
+        "ghcr.io/*",
+        "Registry.MY.com",
+        "a.b.c.d.e/f/g/h",
+        "reg.io:1",
+        "reg.io:65535/a__b/c.d/e-f/g---h",
+        "nginx",
+        "library/nginx",
+        "myorg/app",
+        "",
+        "nginx:1.25",
+        "ghcr.io/org/app:v1",
+        "ghcr.io/app@sha256:abc",
+        "reg*.io",
+        "*.*.io",
+        "*",
+        "*.io",
+        "reg.io:123456",
+        "reg.io:abc/x",
+        "ghcr.io/Org",
+        "ghcr.io/org/",
+        "ghcr.io//org",
+        "ghcr.io/o*",
+        "-bad.io",
+        "bad-.io",
+        "reg .io",
+        " reg.io",
+        "reg.io/a..b",
+        "reg.io/a___b",
+        "reg.io/-a",
+        "[zz::1]",
+        "[]:5",
+        "reg.io:",
+        ":5000",
+        ".reg.io",
+        "reg..io",
+        "reg.io/a_",
+        "localhostx/a",
+        "Evil/app",
+        "EVIL",
+    ];
+    for s in samples {
+        assert_eq!(cel_accepts(s), s.parse::<Pattern>().is_ok(), "CEL and parser disagree on {s:?}");
+    }
+    // Only the parser knows IPv6 addresses and port ranges; the server reports these in status.
+    for s in ["[1:2:3]", "[fd00::1::2]"] {
+        assert!(cel_accepts(s) && s.parse::<Pattern>().is_err(), "{s}");
+    }
+}
+
+#[test]
+fn shared_patterns_are_matched_per_image_and_per_policy() {
+    // Same pattern spelled two ways, and a pattern that differs only by port.
+    let a = policy("a", json!({"trustedRegistries": ["Registry.MY.com", "reg.io:5000"]}));
+    let b = policy("b", json!({"trustedRegistries": ["registry.my.com", "reg.io"]}));
+    let set = set(&[a, b]);
+    assert_eq!(set.patterns.len(), 3, "the two spellings of registry.my.com share one pattern");
+    let d = decide_images(&set, &["registry.my.com/x:1", "reg.io/y:1", "reg.io:5000/z:1", "registry.my.com/w:2"]);
+    let got: Vec<(&str, &str)> = d.violations.iter().map(|v| (&*v.policy, v.image.as_str())).collect();
+    assert_eq!(got, [("a", "reg.io/y:1"), ("b", "reg.io:5000/z:1")]);
+}

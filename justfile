@@ -1,0 +1,51 @@
+# trustgate's everyday recipes. `just --list` shows them.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+crd_file := "crds/trustedregistrypolicies.trustgate.dev.yaml"
+
+# Show the recipes
+default:
+    @just --list
+
+# Build the release binary (target/release/trustgate)
+build:
+    cargo build --release --locked
+
+# Run the whole test suite (the same command CI runs)
+test:
+    cargo test --locked
+
+# Formatting and lints, as CI checks them
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --all-targets --locked -- -D warnings
+
+# Format the code
+fmt:
+    cargo fmt --all
+
+# Regenerate the CRD from the Rust types, in crds/ and in the chart
+crds:
+    cargo run -q --locked -- crd > {{crd_file}}
+    cp {{crd_file}} charts/trustgate/crds/
+
+# Lint, render and validate the Helm chart (installs pinned helm and linters into .tools/)
+chart:
+    bash .ci/chart.sh
+
+# Check the example workloads against the example policies
+check-examples:
+    cargo run -q --locked -- check --policy examples/policies examples/workloads
+
+# Engine benchmarks (criterion)
+bench:
+    cargo bench --locked --bench engine
+
+# Everything CI runs
+ci:
+    bash .ci/run
+
+# Build the container image (needs a Docker engine)
+image tag="trustgate:dev":
+    docker build -t {{tag}} .

@@ -1,0 +1,202 @@
+//! `trustgate check`: the offline evaluation of manifests, with the server's engine.
+
+use std::collections::{BTreeMap, HashMap};
+
+use jiff::Timestamp;
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::manifest::Document;
+use crate::policy::{Namespace, PolicySet, Subject, Verdict, Violation};
+use crate::workload::Workload;
+
+/// The JSON document `check --output json` prints.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Report {
+    pub objects: Vec<ObjectReport>,
+    pub summary: Summary,
+}
+
+/// One object's decision.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct ObjectReport {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub source: String,
+    pub decision: Verdict,
+    pub violations: Vec<Violation>,
+    /// The denial message as the API server would show it (not part of the JSON contract).
+    #[serde(skip)]
+    pub denial: Option<String>,
+    /// The warnings as kubectl would print them.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Serialize, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub objects: usize,
+    pub allowed: usize,
+    pub warned: usize,
+    pub denied: usize,
+}
+
+impl Report {
+    /// Whether any Enforce policy was violated (exit code 1).
+    pub fn denied(&self) -> bool {
+        self.summary.denied > 0
+    }
+}
+
+/// A workload that cannot be read (say, an `image` that is not a string).
+#[derive(Debug, thiserror::Error)]
+#[error("{source_file}: document {document} ({kind} {name}): cannot read the pod spec: {message}")]
+pub struct UnreadableObject {
+    pub source_file: String,
+    pub document: usize,
+    pub kind: String,
+    pub name: String,
+    pub message: String,
+}
+
+/// Evaluates every document against `policies`. Objects without `metadata.namespace` are in
+/// `default_namespace`; Namespace objects among the documents supply labels.
+pub fn check(
+    policies: &PolicySet,
+    documents: &[Document],
+    default_namespace: &str,
+    now: Timestamp,
+) -> Result<Report, UnreadableObject> {
+    let labels = namespace_labels(documents);
+    let no_labels = BTreeMap::new();
+    let mut report = Report { objects: Vec::with_capacity(documents.len()), summary: Summary::default() };
+    for doc in documents {
+        let workload = Workload::read(None, &doc.value).map_err(|e| UnreadableObject {
+            source_file: doc.source.clone(),
+            document: doc.document,
+            kind: doc.kind().to_owned(),
+            name: doc.value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned(),
+            message: e.to_string(),
+        })?;
+        let namespace = workload.namespace.as_deref().unwrap_or(default_namespace);
+        let ns = Namespace { name: namespace, labels: Some(labels.get(namespace).unwrap_or(&no_labels)) };
+        let decision = policies.evaluate_workload(&workload, &ns, now);
+        let verdict = decision.verdict();
+        let subject = Subject::of(&workload, namespace);
+        match verdict {
+            Verdict::Allow => report.summary.allowed += 1,
+            Verdict::Warn => report.summary.warned += 1,
+            Verdict::Deny => report.summary.denied += 1,
+        }
+        report.objects.push(ObjectReport {
+            kind: workload.kind.to_string(),
+            namespace: namespace.to_owned(),
+            name: subject_name(&subject),
+            source: doc.source.clone(),
+            decision: verdict,
+            denial: decision.denial(&subject),
+            warnings: decision.warnings(&subject),
+            violations: decision.violations,
+        });
+    }
+    report.summary.objects = report.objects.len();
+    Ok(report)
+}
+
+fn subject_name(subject: &Subject<'_>) -> String {
+    match (subject.name, subject.generate_name) {
+        ("", "") => String::new(),
+        ("", prefix) => format!("{prefix}*"),
+        (name, _) => name.to_owned(),
+    }
+}
+
+/// Labels of the Namespace objects among the documents.
+fn namespace_labels(documents: &[Document]) -> HashMap<&str, BTreeMap<String, String>> {
+    documents
+        .iter()
+        .filter(|d| d.kind() == "Namespace")
+        .filter_map(|d| {
+            let name = d.value.pointer("/metadata/name").and_then(Value::as_str)?;
+            let labels = d.value.pointer("/metadata/labels").and_then(Value::as_object)?;
+            // Label values are strings; a non-string value is skipped like an absent label.
+            let labels = labels.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect();
+            Some((name, labels))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest;
+    use crate::policy::Mode;
+
+    fn policies(yaml: &str) -> PolicySet {
+        let (set, errors) = PolicySet::compile(&manifest::parse_policies("p.yaml", yaml).unwrap());
+        assert!(errors.is_empty(), "{errors:?}");
+        set
+    }
+
+    const POLICIES: &str = "apiVersion: trustgate.dev/v1alpha1\nkind: TrustedRegistryPolicy\nmetadata: {name: corporate}\nspec:\n  trustedRegistries: [registry.my.com]\n---\napiVersion: trustgate.dev/v1alpha1\nkind: TrustedRegistryPolicy\nmetadata: {name: prod-warn}\nspec:\n  mode: Warn\n  trustedRegistries: [registry.my.com/prod]\n  namespaceSelector: {matchLabels: {env: prod}}\n";
+
+    fn now() -> Timestamp {
+        "2026-06-01T00:00:00Z".parse().unwrap()
+    }
+
+    #[test]
+    fn decisions_summary_and_namespace_labels_from_inputs() {
+        let inputs = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {env: prod}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: ok, namespace: shop}\nspec: {containers: [{name: a, image: registry.my.com/prod/app:v1}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: warned, namespace: shop}\nspec: {containers: [{name: a, image: registry.my.com/dev/app:v1}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: plain}\nspec: {containers: [{name: a, image: registry.my.com/dev/app:v1}]}\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {template: {spec: {containers: [{name: nginx, image: 'nginx:1.25'}]}}}\n";
+        let docs = manifest::parse("in.yaml", inputs).unwrap();
+        let report = check(&policies(POLICIES), &docs, "default", now()).unwrap();
+        let decisions: Vec<(&str, Verdict)> = report.objects.iter().map(|o| (o.name.as_str(), o.decision)).collect();
+        assert_eq!(
+            decisions,
+            [
+                ("shop", Verdict::Allow),
+                ("ok", Verdict::Allow),
+                ("warned", Verdict::Warn),
+                ("plain", Verdict::Allow),
+                ("web", Verdict::Deny)
+            ]
+        );
+        assert_eq!(report.summary, Summary { objects: 5, allowed: 3, warned: 1, denied: 1 });
+        assert!(report.denied());
+        let web = &report.objects[4];
+        assert_eq!(web.namespace, "default");
+        assert_eq!(web.violations[0].mode, Mode::Enforce);
+        assert!(web.denial.as_deref().unwrap().starts_with("Deployment default/web: container \"nginx\""));
+        assert_eq!(report.objects[2].warnings.len(), 1);
+    }
+
+    #[test]
+    fn json_matches_the_spec_shape() {
+        let docs = manifest::parse(
+            "deploy.yaml",
+            "kind: Deployment\nmetadata: {name: web, namespace: default}\nspec: {template: {spec: {containers: [{name: nginx, image: 'nginx:1.25'}]}}}\n",
+        )
+        .unwrap();
+        let report = check(&policies(POLICIES), &docs, "default", now()).unwrap();
+        let json = serde_json::to_value(&report).unwrap();
+        let expected = serde_json::json!({
+            "objects": [{"kind": "Deployment", "namespace": "default", "name": "web", "source": "deploy.yaml",
+                "decision": "deny",
+                "violations": [{"policy": "corporate", "mode": "Enforce", "container": "nginx",
+                    "field": "spec.template.spec.containers[0]", "image": "nginx:1.25",
+                    "normalized": "docker.io/library/nginx:1.25",
+                    "reason": "resolves to docker.io/library/nginx:1.25, which policy \"corporate\" does not trust (trusted: registry.my.com)"}]}],
+            "summary": {"objects": 1, "allowed": 0, "warned": 0, "denied": 1}
+        });
+        assert_eq!(json, expected);
+    }
+
+    #[test]
+    fn unreadable_pod_spec_is_an_error_naming_the_object() {
+        let docs =
+            manifest::parse("x.yaml", "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, image: 5}]}\n")
+                .unwrap();
+        let err = check(&policies(POLICIES), &docs, "default", now()).unwrap_err().to_string();
+        assert!(err.starts_with("x.yaml: document 1 (Pod p): cannot read the pod spec"), "{err}");
+    }
+}

@@ -1,0 +1,308 @@
+//! The `trustgate` command line: argument parsing and output. The work is done by the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anstream::{eprintln, println};
+use anstyle::{AnsiColor, Style};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kube::CustomResourceExt;
+use serde::Serialize;
+
+use crate::check::{self, Report};
+use crate::manifest;
+use crate::policy::{Mode, PolicySet, TrustedRegistryPolicy, Verdict};
+use crate::reference::Reference;
+
+/// Exit code: an Enforce policy was violated, or a reference is invalid.
+const EXIT_VIOLATION: u8 = 1;
+/// Exit code: bad usage or unreadable input.
+const EXIT_USAGE: u8 = 2;
+
+/// Admit only container images from trusted registries.
+///
+/// trustgate is a Kubernetes admission webhook driven by TrustedRegistryPolicy objects. The
+/// same engine checks manifests offline in CI and explains how the container runtime reads an
+/// image reference.
+#[derive(Debug, Parser)]
+#[command(name = "trustgate", version, about, long_about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Evaluate Kubernetes manifests against policies, offline, with the server's engine.
+    ///
+    /// Reads YAML (multi-document, Helm output, `List` objects) or JSON from files and
+    /// directories (recursively: *.yaml, *.yml, *.json), or stdin with `-` or no PATH.
+    /// Exit code 0: allowed (warnings allowed); 1: an Enforce policy is violated;
+    /// 2: bad usage or unreadable input.
+    Check(CheckArgs),
+    /// Show how the container runtime reads image references.
+    ///
+    /// Prints the registry host, repository path, tag and digest of each IMAGE as containerd,
+    /// Docker, CRI-O and kubelet resolve it, or why it is invalid. Exit code 1 when any IMAGE is
+    /// invalid.
+    Normalize(NormalizeArgs),
+    /// Print the TrustedRegistryPolicy CustomResourceDefinition as YAML.
+    Crd,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Human-readable text, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// TrustedRegistryPolicy files or directories (repeatable).
+    #[arg(long = "policy", short = 'p', value_name = "PATH", required = true)]
+    pub policies: Vec<PathBuf>,
+    /// Namespace of objects that do not set metadata.namespace.
+    #[arg(long, short = 'n', default_value = "default", value_name = "NS")]
+    pub namespace: String,
+    /// Output format.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Output,
+    /// Manifest files or directories; `-` or nothing reads stdin.
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct NormalizeArgs {
+    /// Output format: text, or JSON with one object per IMAGE.
+    #[arg(long, short = 'o', value_enum, default_value_t)]
+    pub output: Output,
+    /// Image references, as written in a pod spec.
+    #[arg(value_name = "IMAGE", required = true)]
+    pub images: Vec<String>,
+}
+
+/// Parses the command line and runs it.
+pub fn run() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check(args) => run_check(args),
+        Command::Normalize(args) => run_normalize(args),
+        Command::Crd => run_crd(),
+    }
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!(
+        "{}error:{} {message}",
+        Style::new().bold().fg_color(Some(AnsiColor::Red.into())),
+        Style::new().render_reset()
+    );
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn run_check(args: CheckArgs) -> ExitCode {
+    let policies = match manifest::read_policies(&args.policies) {
+        Ok(p) => p,
+        Err(e) => return fail(e),
+    };
+    if policies.is_empty() {
+        return fail(format!(
+            "no TrustedRegistryPolicy found in {}",
+            args.policies.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    let (set, errors) = PolicySet::compile(policies.iter().map(|(_, p)| p));
+    if let Some(e) = errors.first() {
+        let file = policies
+            .iter()
+            .find(|(_, p)| p.metadata.name.as_deref() == Some(e.policy.as_str()))
+            .map_or("", |(f, _)| f.as_str());
+        return fail(format!("{file}: {e}"));
+    }
+    let paths = if args.paths.is_empty() { vec![PathBuf::from("-")] } else { args.paths };
+    let documents = match manifest::read_paths(&paths) {
+        Ok(d) => d,
+        Err(e) => return fail(e),
+    };
+    let report = match check::check(&set, &documents, &args.namespace, jiff::Timestamp::now()) {
+        Ok(r) => r,
+        Err(e) => return fail(e),
+    };
+    let printed = match args.output {
+        Output::Json => print_json(&report),
+        Output::Text => print_report(&report),
+    };
+    if let Err(e) = printed {
+        return fail(format!("writing output: {e}"));
+    }
+    if report.denied() { ExitCode::from(EXIT_VIOLATION) } else { ExitCode::SUCCESS }
+}
+
+fn print_json(value: &impl Serialize) -> std::io::Result<()> {
+    let mut out = anstream::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)
+}
+
+fn print_report(report: &Report) -> std::io::Result<()> {
+    let mut out = anstream::stdout().lock();
+    let dim = Style::new().dimmed();
+    for object in &report.objects {
+        let (label, style) = match object.decision {
+            Verdict::Allow => ("ALLOW", Style::new().fg_color(Some(AnsiColor::Green.into()))),
+            Verdict::Warn => ("WARN ", Style::new().fg_color(Some(AnsiColor::Yellow.into()))),
+            Verdict::Deny => ("DENY ", Style::new().bold().fg_color(Some(AnsiColor::Red.into()))),
+        };
+        writeln!(
+            out,
+            "{style}{label}{style:#} {} {}/{} {dim}({}){dim:#}",
+            object.kind, object.namespace, object.name, object.source
+        )?;
+        // Enforce lines first, as the API server would show them, then Warn, then Audit;
+        // each policy's message once, after the lines.
+        let mut messages: Vec<&str> = Vec::new();
+        for mode in Mode::ALL {
+            for v in object.violations.iter().filter(|v| v.mode == mode) {
+                let tag = if mode == Mode::Enforce { String::new() } else { format!("[{mode}] ") };
+                writeln!(out, "      {tag}{v}")?;
+                if let Some(m) = v.policy_message.as_deref().filter(|m| mode != Mode::Audit && !messages.contains(m)) {
+                    messages.push(m);
+                }
+            }
+        }
+        for m in messages {
+            writeln!(out, "      {dim}{m}{dim:#}")?;
+        }
+    }
+    let s = &report.summary;
+    writeln!(out, "{} objects: {} allowed, {} warned, {} denied", s.objects, s.allowed, s.warned, s.denied)
+}
+
+/// One line of `normalize --output json`.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct Normalized {
+    pub input: String,
+    pub valid: bool,
+    pub name: Option<String>,
+    pub domain: Option<String>,
+    pub path: Option<String>,
+    /// The tag the runtime pulls: as written, or `latest` when neither tag nor digest is.
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+    /// True when no tag or digest was written and the runtime pulls `latest`.
+    #[serde(rename = "implicitTag")]
+    pub implicit_tag: bool,
+    /// The full normalized reference.
+    pub normalized: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Normalized {
+    pub fn of(input: &str) -> Self {
+        match Reference::parse(input) {
+            Ok(r) => Normalized {
+                input: input.to_owned(),
+                valid: true,
+                name: Some(r.name()),
+                domain: Some(r.domain().to_owned()),
+                path: Some(r.path().to_owned()),
+                tag: r.tag().map(str::to_owned).or_else(|| r.is_implicit_latest().then(|| "latest".to_owned())),
+                digest: r.digest().map(str::to_owned),
+                implicit_tag: r.is_implicit_latest(),
+                normalized: Some(r.to_string()),
+                error: None,
+            },
+            Err(e) => Normalized {
+                input: input.to_owned(),
+                valid: false,
+                name: None,
+                domain: None,
+                path: None,
+                tag: None,
+                digest: None,
+                implicit_tag: false,
+                normalized: None,
+                error: Some(e.to_string()),
+            },
+        }
+    }
+}
+
+fn run_normalize(args: NormalizeArgs) -> ExitCode {
+    let results: Vec<Normalized> = args.images.iter().map(|i| Normalized::of(i)).collect();
+    let printed = match args.output {
+        Output::Json => print_json(&results),
+        Output::Text => print_normalized(&results),
+    };
+    if let Err(e) = printed {
+        return fail(format!("writing output: {e}"));
+    }
+    if results.iter().all(|r| r.valid) { ExitCode::SUCCESS } else { ExitCode::from(EXIT_VIOLATION) }
+}
+
+fn print_normalized(results: &[Normalized]) -> std::io::Result<()> {
+    let mut out = anstream::stdout().lock();
+    let bold = Style::new().bold();
+    let red = Style::new().bold().fg_color(Some(AnsiColor::Red.into()));
+    let dim = Style::new().dimmed();
+    for (i, r) in results.iter().enumerate() {
+        if i > 0 {
+            writeln!(out)?;
+        }
+        writeln!(out, "{bold}{}{bold:#}", r.input)?;
+        if let Some(error) = &r.error {
+            writeln!(out, "  {red}invalid:{red:#} {error}")?;
+            continue;
+        }
+        let field = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".to_owned());
+        let tag = if r.implicit_tag { format!("latest {dim}(implicit){dim:#}") } else { field(&r.tag) };
+        writeln!(out, "  normalized: {}", field(&r.normalized))?;
+        writeln!(out, "  domain:     {}", field(&r.domain))?;
+        writeln!(out, "  path:       {}", field(&r.path))?;
+        writeln!(out, "  tag:        {tag}")?;
+        writeln!(out, "  digest:     {}", field(&r.digest))?;
+    }
+    Ok(())
+}
+
+/// The CRD YAML, as committed in `crds/`.
+pub fn crd_yaml() -> String {
+    let crd = TrustedRegistryPolicy::crd();
+    let yaml = serde_saphyr::to_string(&crd).expect("a CRD always serializes");
+    format!("# Generated by `trustgate crd` from src/policy.rs; do not edit.\n---\n{yaml}")
+}
+
+fn run_crd() -> ExitCode {
+    println!("{}", crd_yaml().trim_end());
+    ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn normalize_json_fields() {
+        let n = Normalized::of("Evil/app");
+        assert_eq!(
+            (n.valid, n.domain.as_deref(), n.path.as_deref(), n.tag.as_deref(), n.implicit_tag),
+            (true, Some("Evil"), Some("app"), Some("latest"), true)
+        );
+        let n = Normalized::of("[fd00::1]:5000/x");
+        assert_eq!(n.name.as_deref(), Some("[fd00::1]:5000/x"));
+        let n = Normalized::of("nginx:");
+        assert!(!n.valid);
+        assert!(n.error.unwrap().contains("invalid reference format"));
+    }
+}
