@@ -60,6 +60,15 @@ pub struct UnreadableObject {
     pub message: String,
 }
 
+/// Why `check` could not read its input.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckError {
+    #[error(transparent)]
+    Manifest(#[from] crate::manifest::ManifestError),
+    #[error(transparent)]
+    Unreadable(#[from] UnreadableObject),
+}
+
 /// Evaluates every document against `policies`. Objects without `metadata.namespace` are in
 /// `default_namespace`; Namespace objects among the documents supply labels.
 pub fn check(
@@ -68,10 +77,24 @@ pub fn check(
     default_namespace: &str,
     now: Timestamp,
 ) -> Result<Report, UnreadableObject> {
-    let labels = namespace_labels(documents);
-    let no_labels = BTreeMap::new();
-    let mut report = Report { objects: Vec::with_capacity(documents.len()), summary: Summary::default() };
+    let mut checker = Checker::default();
     for doc in documents {
+        checker.add(doc)?;
+    }
+    Ok(checker.finish(policies, default_namespace, now))
+}
+
+/// Collects objects one document at a time, keeping only what evaluation needs (a Namespace
+/// may come after the objects it labels, so evaluation waits for the last document).
+#[derive(Default)]
+pub struct Checker {
+    pending: Vec<(Workload<'static>, String)>,
+    labels: HashMap<String, BTreeMap<String, String>>,
+}
+
+impl Checker {
+    /// Reads one document's pod spec (or Namespace labels).
+    pub fn add(&mut self, doc: &Document) -> Result<(), UnreadableObject> {
         let workload = Workload::read(None, &doc.value).map_err(|e| UnreadableObject {
             source_file: doc.source.clone(),
             document: doc.document,
@@ -79,29 +102,42 @@ pub fn check(
             name: doc.value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned(),
             message: e.to_string(),
         })?;
-        let namespace = workload.namespace.as_deref().unwrap_or(default_namespace);
-        let ns = Namespace { name: namespace, labels: Some(labels.get(namespace).unwrap_or(&no_labels)) };
-        let decision = policies.evaluate_workload(&workload, &ns, now);
-        let verdict = decision.verdict();
-        let subject = Subject::of(&workload, namespace);
-        match verdict {
-            Verdict::Allow => report.summary.allowed += 1,
-            Verdict::Warn => report.summary.warned += 1,
-            Verdict::Deny => report.summary.denied += 1,
+        if let Some((name, labels)) = namespace_labels(doc) {
+            self.labels.insert(name, labels);
         }
-        report.objects.push(ObjectReport {
-            kind: workload.kind.to_string(),
-            namespace: namespace.to_owned(),
-            name: subject_name(&subject),
-            source: doc.source.clone(),
-            decision: verdict,
-            denial: decision.denial(&subject),
-            warnings: decision.warnings(&subject),
-            violations: decision.violations,
-        });
+        self.pending.push((workload.into_owned(), doc.source.clone()));
+        Ok(())
     }
-    report.summary.objects = report.objects.len();
-    Ok(report)
+
+    /// Evaluates everything read.
+    pub fn finish(self, policies: &PolicySet, default_namespace: &str, now: Timestamp) -> Report {
+        let no_labels = BTreeMap::new();
+        let mut report = Report { objects: Vec::with_capacity(self.pending.len()), summary: Summary::default() };
+        for (workload, source) in self.pending {
+            let namespace = workload.namespace.as_deref().unwrap_or(default_namespace);
+            let ns = Namespace { name: namespace, labels: Some(self.labels.get(namespace).unwrap_or(&no_labels)) };
+            let decision = policies.evaluate_workload(&workload, &ns, now);
+            let verdict = decision.verdict();
+            let subject = Subject::of(&workload, namespace);
+            match verdict {
+                Verdict::Allow => report.summary.allowed += 1,
+                Verdict::Warn => report.summary.warned += 1,
+                Verdict::Deny => report.summary.denied += 1,
+            }
+            report.objects.push(ObjectReport {
+                kind: workload.kind.to_string(),
+                namespace: namespace.to_owned(),
+                name: subject_name(&subject),
+                source,
+                decision: verdict,
+                denial: decision.denial(&subject),
+                warnings: decision.warnings(&subject),
+                violations: decision.violations,
+            });
+        }
+        report.summary.objects = report.objects.len();
+        report
+    }
 }
 
 fn subject_name(subject: &Subject<'_>) -> String {
@@ -112,19 +148,16 @@ fn subject_name(subject: &Subject<'_>) -> String {
     }
 }
 
-/// Labels of the Namespace objects among the documents.
-fn namespace_labels(documents: &[Document]) -> HashMap<&str, BTreeMap<String, String>> {
-    documents
-        .iter()
-        .filter(|d| d.kind() == "Namespace")
-        .filter_map(|d| {
-            let name = d.value.pointer("/metadata/name").and_then(Value::as_str)?;
-            let labels = d.value.pointer("/metadata/labels").and_then(Value::as_object)?;
-            // Label values are strings; a non-string value is skipped like an absent label.
-            let labels = labels.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect();
-            Some((name, labels))
-        })
-        .collect()
+/// The name and labels of a Namespace document.
+fn namespace_labels(doc: &Document) -> Option<(String, BTreeMap<String, String>)> {
+    if doc.kind() != "Namespace" {
+        return None;
+    }
+    let name = doc.value.pointer("/metadata/name").and_then(Value::as_str)?;
+    let labels = doc.value.pointer("/metadata/labels").and_then(Value::as_object)?;
+    // Label values are strings; a non-string value is skipped like an absent label.
+    let labels = labels.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect();
+    Some((name.to_owned(), labels))
 }
 
 #[cfg(test)]
@@ -168,6 +201,14 @@ mod tests {
         assert_eq!(web.violations[0].mode, Mode::Enforce);
         assert!(web.denial.as_deref().unwrap().starts_with("Deployment default/web: container \"nginx\""));
         assert_eq!(report.objects[2].warnings.len(), 1);
+    }
+
+    #[test]
+    fn a_namespace_may_come_after_the_objects_it_labels() {
+        let inputs = "apiVersion: v1\nkind: Pod\nmetadata: {name: warned, namespace: shop}\nspec: {containers: [{name: a, image: registry.my.com/dev/app:v1}]}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: shop, labels: {env: prod}}\n";
+        let docs = manifest::parse("in.yaml", inputs).unwrap();
+        let report = check(&policies(POLICIES), &docs, "default", now()).unwrap();
+        assert_eq!(report.objects[0].decision, Verdict::Warn);
     }
 
     #[test]

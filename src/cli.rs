@@ -125,14 +125,12 @@ fn run_check(args: CheckArgs) -> ExitCode {
         return fail(format!("{file}: {e}"));
     }
     let paths = if args.paths.is_empty() { vec![PathBuf::from("-")] } else { args.paths };
-    let documents = match manifest::read_paths(&paths) {
-        Ok(d) => d,
-        Err(e) => return fail(e),
-    };
-    let report = match check::check(&set, &documents, &args.namespace, jiff::Timestamp::now()) {
-        Ok(r) => r,
-        Err(e) => return fail(e),
-    };
+    let mut checker = check::Checker::default();
+    let read = manifest::each_in_paths(&paths, |doc| checker.add(&doc).map_err(check::CheckError::from));
+    if let Err(e) = read {
+        return fail(e);
+    }
+    let report = checker.finish(&set, &args.namespace, jiff::Timestamp::now());
     let printed = match args.output {
         Output::Json => print_json(&report),
         Output::Text => print_report(&report),

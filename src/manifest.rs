@@ -69,68 +69,104 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
 /// Reads every object from the files or directories in `paths`; `-` reads stdin.
 pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError> {
     let mut out = Vec::new();
+    each_in_paths(paths, |d| {
+        out.push(d);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// Streams every object from the files or directories in `paths` (`-` reads stdin) to `f`,
+/// one document at a time, so that large streams never sit in memory as parsed trees.
+pub fn each_in_paths<E: From<ManifestError>>(
+    paths: &[PathBuf],
+    mut f: impl FnMut(Document) -> Result<(), E>,
+) -> Result<(), E> {
     for path in paths {
         if path.as_os_str() == "-" {
             let mut text = String::new();
             std::io::stdin()
                 .read_to_string(&mut text)
                 .map_err(|source| ManifestError::Io { path: "-".into(), source })?;
-            out.extend(parse("-", &text)?);
+            each_document("-", &text, &mut f)?;
             continue;
         }
         for file in files(path)? {
             let name = file.display().to_string();
             let text = fs::read_to_string(&file).map_err(|source| ManifestError::Io { path: name.clone(), source })?;
-            out.extend(parse(&name, &text)?);
+            each_document(&name, &text, &mut f)?;
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Parses a stream of YAML documents (or one JSON document), expanding `List` objects.
 pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
-    let values: Vec<Value> = if source.ends_with(".json") {
-        vec![serde_json::from_str(text).map_err(|e| ManifestError::Json {
+    let mut out = Vec::new();
+    each_document(source, text, |d| {
+        out.push(d);
+        Ok::<_, ManifestError>(())
+    })?;
+    Ok(out)
+}
+
+/// Streams the objects of one file's text to `f`, document by document.
+pub fn each_document<E: From<ManifestError>>(
+    source: &str,
+    text: &str,
+    mut f: impl FnMut(Document) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut handle = |document: usize, value: Value| -> Result<(), E> {
+        match value {
+            Value::Null => Ok(()),
+            Value::Object(_) => expand(source, document, value, &mut f),
+            other => Err(ManifestError::Document {
+                path: source.to_owned(),
+                document,
+                message: format!("expected a Kubernetes object, found {}", type_name(&other)),
+            }
+            .into()),
+        }
+    };
+    if source.ends_with(".json") {
+        let value = serde_json::from_str(text).map_err(|e| ManifestError::Json {
             path: source.to_owned(),
             line: e.line(),
             column: e.column(),
             message: e.to_string(),
-        })?]
-    } else {
-        serde_saphyr::from_multiple_with_options(text, yaml_options(text.len()))
-            .map_err(|e| ManifestError::Yaml { path: source.to_owned(), message: e.to_string() })?
-    };
-    let mut out = Vec::new();
-    for (i, value) in values.into_iter().enumerate() {
-        let document = i + 1;
-        match value {
-            Value::Null => {}
-            Value::Object(_) => expand(source, document, value, &mut out)?,
-            other => {
-                return Err(ManifestError::Document {
-                    path: source.to_owned(),
-                    document,
-                    message: format!("expected a Kubernetes object, found {}", type_name(&other)),
-                });
-            }
-        }
+        })?;
+        return handle(1, value);
     }
-    Ok(out)
+    let mut reader = std::io::Cursor::new(text.as_bytes());
+    for (i, value) in serde_saphyr::read_with_options::<_, Value>(&mut reader, yaml_options(text.len())).enumerate() {
+        let value = value.map_err(|e| ManifestError::Yaml { path: source.to_owned(), message: e.to_string() })?;
+        handle(i + 1, value)?;
+    }
+    Ok(())
 }
 
-fn expand(source: &str, document: usize, value: Value, out: &mut Vec<Document>) -> Result<(), ManifestError> {
+fn expand<E: From<ManifestError>>(
+    source: &str,
+    document: usize,
+    value: Value,
+    out: &mut impl FnMut(Document) -> Result<(), E>,
+) -> Result<(), E> {
     let is_list =
         value.get("kind").and_then(Value::as_str).is_some_and(|k| k.ends_with("List")) && value.get("items").is_some();
     if !is_list {
-        out.push(Document { source: source.to_owned(), document, value });
-        return Ok(());
+        return out(Document { source: source.to_owned(), document, value });
     }
-    let Some(Value::Array(items)) = value.get("items").cloned() else {
+    let items = match value {
+        Value::Object(mut map) => map.remove("items"),
+        _ => None,
+    };
+    let Some(Value::Array(items)) = items else {
         return Err(ManifestError::Document {
             path: source.to_owned(),
             document,
             message: "List items must be an array".into(),
-        });
+        }
+        .into());
     };
     for item in items {
         match item {
@@ -140,7 +176,8 @@ fn expand(source: &str, document: usize, value: Value, out: &mut Vec<Document>) 
                     path: source.to_owned(),
                     document,
                     message: format!("List item is {}, not an object", type_name(&other)),
-                });
+                }
+                .into());
             }
         }
     }

@@ -124,6 +124,22 @@ impl<'a> Workload<'a> {
         })
     }
 
+    /// Detaches the workload from the object it was read from.
+    pub fn into_owned(self) -> Workload<'static> {
+        let own = |c: Cow<'_, str>| Cow::Owned(c.into_owned());
+        Workload {
+            kind: own(self.kind),
+            name: own(self.name),
+            generate_name: own(self.generate_name),
+            namespace: self.namespace.map(own),
+            containers: self
+                .containers
+                .into_iter()
+                .map(|c| Container { name: own(c.name), image: c.image.map(own), field: c.field })
+                .collect(),
+        }
+    }
+
     /// Whether the object carries a pod spec at all.
     pub fn has_pod_spec(&self) -> bool {
         !self.containers.is_empty()
