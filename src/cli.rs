@@ -48,6 +48,13 @@ pub enum Command {
     Normalize(NormalizeArgs),
     /// Print the TrustedRegistryPolicy CustomResourceDefinition as YAML.
     Crd,
+    /// Run the admission webhook server.
+    ///
+    /// Answers AdmissionReviews on POST /validate and ImageReviews on POST /imagereview over
+    /// HTTPS (HTTP/1.1 and HTTP/2), with /livez, /readyz and /metrics on a plain-HTTP admin
+    /// port. Policies come from the Kubernetes API or from --policy-file. SIGTERM drains
+    /// in-flight requests, then exits 0.
+    Serve(Box<crate::serve::ServeArgs>),
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
@@ -92,6 +99,10 @@ pub fn run() -> ExitCode {
         Command::Check(args) => run_check(args),
         Command::Normalize(args) => run_normalize(args),
         Command::Crd => run_crd(),
+        Command::Serve(args) => match crate::serve::run(*args) {
+            Ok(code) => code,
+            Err(e) => fail(format!("{e:#}")),
+        },
     }
 }
 

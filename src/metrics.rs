@@ -1,0 +1,356 @@
+//! Prometheus metrics, grouped per subsystem: each subsystem registers its own families under
+//! its own prefix of one [`Registry`] (`trustgate_admission_*`, `trustgate_policy_source_*`,
+//! `trustgate_tls_*`), and `/metrics` encodes that registry as OpenMetrics text.
+//!
+//! Label values are always drawn from closed sets: a request's `kind` is one of the workload
+//! kinds trustgate knows or `other`, so a client posting made-up kinds cannot grow the series.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+use crate::policy::{Mode, Verdict};
+use crate::state::Store;
+
+/// The root registry every subsystem registers into.
+pub fn registry() -> Registry {
+    Registry::with_prefix("trustgate")
+}
+
+/// The two review endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// `POST /validate`: AdmissionReview.
+    Validate,
+    /// `POST /imagereview`: ImageReview.
+    ImageReview,
+}
+
+impl Endpoint {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::Validate => "validate",
+            Endpoint::ImageReview => "imagereview",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DecisionLabels {
+    endpoint: &'static str,
+    kind: &'static str,
+    operation: &'static str,
+    decision: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct EndpointLabels {
+    endpoint: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RejectionLabels {
+    code: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+/// Workload kinds reported by name; every other kind is counted as `other`.
+const KNOWN_KINDS: [&str; 10] = [
+    "Pod",
+    "PodTemplate",
+    "ReplicationController",
+    "ReplicaSet",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "Job",
+    "CronJob",
+    "ImageReview",
+];
+
+const KNOWN_OPERATIONS: [&str; 4] = ["CREATE", "UPDATE", "DELETE", "CONNECT"];
+
+fn bounded(value: &str, known: &[&'static str]) -> &'static str {
+    known.iter().find(|k| **k == value).copied().unwrap_or("other")
+}
+
+type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 50µs to ~0.8s: reviews take microseconds; anything near a second is a problem.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 15))
+}
+
+/// Admission endpoint metrics (`trustgate_admission_*`).
+#[derive(Clone, Debug)]
+pub struct AdmissionMetrics {
+    decisions: Family<DecisionLabels, Counter>,
+    duration: HistogramFamily<EndpointLabels>,
+    rejections: Family<RejectionLabels, Counter>,
+    in_flight: Gauge,
+}
+
+impl AdmissionMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix("admission");
+        let metrics = AdmissionMetrics {
+            decisions: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            rejections: Family::default(),
+            in_flight: Gauge::default(),
+        };
+        registry.register(
+            "requests",
+            "Reviews answered, by endpoint, object kind, operation and decision",
+            metrics.decisions.clone(),
+        );
+        registry.register_with_unit(
+            "request_duration",
+            "Time from the first byte of a review's body to its answer",
+            prometheus_client::registry::Unit::Seconds,
+            metrics.duration.clone(),
+        );
+        registry.register(
+            "rejected_requests",
+            "Requests answered with an HTTP error (400, 404, 405, 408, 413, 503) instead of a review",
+            metrics.rejections.clone(),
+        );
+        registry.register("in_flight_requests", "Requests received and not yet answered", metrics.in_flight.clone());
+        metrics
+    }
+
+    /// Counts a request as in flight until the returned guard is dropped.
+    pub fn in_flight(&self) -> InFlightRequest {
+        self.in_flight.inc();
+        InFlightRequest(self.in_flight.clone())
+    }
+
+    /// Counts one answered review and its latency.
+    pub fn decided(&self, endpoint: Endpoint, kind: &str, operation: &str, verdict: Verdict, elapsed: Duration) {
+        let labels = DecisionLabels {
+            endpoint: endpoint.as_str(),
+            kind: bounded(kind, &KNOWN_KINDS),
+            operation: bounded(operation, &KNOWN_OPERATIONS),
+            decision: verdict.as_str(),
+        };
+        self.decisions.get_or_create(&labels).inc();
+        self.duration.get_or_create(&EndpointLabels { endpoint: endpoint.as_str() }).observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a request answered with an HTTP error status.
+    pub fn rejected(&self, code: u16) {
+        self.rejections.get_or_create(&RejectionLabels { code }).inc();
+    }
+}
+
+/// A request in flight; dropping it (answered or abandoned) counts it out.
+#[derive(Debug)]
+pub struct InFlightRequest(Gauge);
+
+impl Drop for InFlightRequest {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Policy source metrics (`trustgate_policy_source_*`), shared by the file source.
+#[derive(Clone, Debug, Default)]
+pub struct SourceMetrics {
+    reloads: Family<ResultLabels, Counter>,
+    healthy: Gauge,
+    last_success: Gauge,
+}
+
+impl SourceMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix("policy_source");
+        let metrics = SourceMetrics::default();
+        registry.register(
+            "reloads",
+            "Attempts to load changed policies, by result (success, error)",
+            metrics.reloads.clone(),
+        );
+        registry.register(
+            "healthy",
+            "1 when the last attempt to load policies succeeded, 0 when the server runs on an older snapshot",
+            metrics.healthy.clone(),
+        );
+        registry.register(
+            "last_success_timestamp_seconds",
+            "When policies were last loaded successfully (Unix time)",
+            metrics.last_success.clone(),
+        );
+        metrics
+    }
+
+    pub fn reloaded(&self) {
+        self.reloads.get_or_create(&ResultLabels { result: "success" }).inc();
+        self.healthy.set(1);
+        self.last_success.set(unix_seconds());
+    }
+
+    pub fn failed(&self) {
+        self.reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+        self.healthy.set(0);
+    }
+}
+
+/// TLS metrics (`trustgate_tls_*`).
+#[derive(Clone, Debug, Default)]
+pub struct TlsMetrics {
+    reloads: Family<ResultLabels, Counter>,
+}
+
+impl TlsMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let registry = registry.sub_registry_with_prefix("tls");
+        let metrics = TlsMetrics::default();
+        registry.register(
+            "certificate_reloads",
+            "Changes of the certificate files seen on disk, by result (success: now served; error: the previous certificate stays)",
+            metrics.reloads.clone(),
+        );
+        metrics
+    }
+
+    pub fn reloaded(&self) {
+        self.reloads.get_or_create(&ResultLabels { result: "success" }).inc();
+    }
+
+    pub fn failed(&self) {
+        self.reloads.get_or_create(&ResultLabels { result: "error" }).inc();
+    }
+}
+
+/// Reports what the current snapshot holds at scrape time, whichever source published it:
+/// `trustgate_policies{mode}` and `trustgate_ready`.
+#[derive(Debug)]
+pub struct SnapshotCollector {
+    store: Arc<Store>,
+}
+
+impl SnapshotCollector {
+    pub fn register(registry: &mut Registry, store: Arc<Store>) {
+        registry.register_collector(Box::new(SnapshotCollector { store }));
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let snapshot = self.store.load();
+        let ready = ConstGauge::new(i64::from(self.store.is_ready()));
+        let metric = encoder.encode_descriptor(
+            "ready",
+            "1 when policies are loaded and the server is not shutting down",
+            None,
+            ready.metric_type(),
+        )?;
+        ready.encode(metric)?;
+        let Some(snapshot) = snapshot else { return Ok(()) };
+        let mut family = encoder.encode_descriptor(
+            "policies",
+            "Policies loaded, by mode",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for mode in Mode::ALL {
+            let count = i64::try_from(snapshot.policies.count_by_mode(mode)).unwrap_or(i64::MAX);
+            ConstGauge::new(count).encode(family.encode_family(&ModeLabels { mode: mode.as_str() })?)?;
+        }
+        Ok(())
+    }
+}
+
+fn unix_seconds() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Encodes the registry as OpenMetrics text.
+pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, registry)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Snapshot;
+
+    #[test]
+    fn kinds_and_operations_outside_the_known_sets_are_other() {
+        let mut registry = registry();
+        let metrics = AdmissionMetrics::register(&mut registry);
+        metrics.decided(Endpoint::Validate, "Deployment", "CREATE", Verdict::Deny, Duration::from_micros(80));
+        metrics.decided(Endpoint::Validate, "MadeUp123", "PATCH", Verdict::Allow, Duration::from_micros(80));
+        metrics.rejected(413);
+        let request = metrics.in_flight();
+        assert!(encode(&registry).unwrap().contains("trustgate_admission_in_flight_requests 1"));
+        drop(request);
+        let text = encode(&registry).unwrap();
+        assert!(
+            text.contains(
+                r#"trustgate_admission_requests_total{endpoint="validate",kind="Deployment",operation="CREATE",decision="deny"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains(r#"kind="other",operation="other",decision="allow"} 1"#), "{text}");
+        assert!(!text.contains("MadeUp123"), "{text}");
+        assert!(text.contains(r#"trustgate_admission_rejected_requests_total{code="413"} 1"#), "{text}");
+        assert!(
+            text.contains(r#"trustgate_admission_request_duration_seconds_count{endpoint="validate"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains("trustgate_admission_in_flight_requests 0"), "{text}");
+    }
+
+    #[test]
+    fn snapshot_collector_reports_policies_by_mode_and_readiness() {
+        let store = Store::new();
+        let mut registry = registry();
+        SnapshotCollector::register(&mut registry, store.clone());
+        let text = encode(&registry).unwrap();
+        assert!(text.contains("trustgate_ready 0"), "{text}");
+        assert!(!text.contains("trustgate_policies"), "{text}");
+
+        let yaml = "apiVersion: trustgate.dev/v1alpha1\nkind: TrustedRegistryPolicy\nmetadata: {name: a}\nspec: {mode: Warn, trustedRegistries: [r.io]}\n";
+        let policies = crate::manifest::parse_policies("p.yaml", yaml).unwrap();
+        let (set, errors) = crate::policy::PolicySet::compile(&policies);
+        assert!(errors.is_empty());
+        store.publish(Snapshot { policies: set, namespaces: None });
+        let text = encode(&registry).unwrap();
+        assert!(text.contains("trustgate_ready 1"), "{text}");
+        assert!(text.contains(r#"trustgate_policies{mode="Warn"} 1"#), "{text}");
+        assert!(text.contains(r#"trustgate_policies{mode="Enforce"} 0"#), "{text}");
+    }
+
+    #[test]
+    fn source_and_tls_results_are_counted() {
+        let mut registry = registry();
+        let source = SourceMetrics::register(&mut registry);
+        let tls = TlsMetrics::register(&mut registry);
+        source.reloaded();
+        source.failed();
+        tls.reloaded();
+        let text = encode(&registry).unwrap();
+        assert!(text.contains(r#"trustgate_policy_source_reloads_total{result="error"} 1"#), "{text}");
+        assert!(text.contains("trustgate_policy_source_healthy 0"), "{text}");
+        assert!(text.contains(r#"trustgate_tls_certificate_reloads_total{result="success"} 1"#), "{text}");
+    }
+}

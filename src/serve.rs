@@ -1,0 +1,396 @@
+//! `trustgate serve`: wires the admission server, the admin port, TLS credentials and a policy
+//! source together, and runs them until a signal says stop.
+//!
+//! Shutdown: the first SIGTERM or SIGINT turns readiness false, closes the admission listener
+//! (new connections are refused), lets in-flight requests finish within `--drain-grace`, and
+//! exits 0. A second signal exits at once.
+
+use std::io::IsTerminal;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, ValueEnum};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::{self, Admin};
+use crate::metrics::{self, AdmissionMetrics, SnapshotCollector, SourceMetrics, TlsMetrics};
+use crate::server::{self, Admission, Limits};
+use crate::source::{self, FileSource};
+use crate::state::Store;
+use crate::tls::{CertificateFiles, Credentials, Reloader, SelfSigned};
+
+/// Where policies come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PolicySource {
+    /// Watch TrustedRegistryPolicy and Namespace objects through the Kubernetes API.
+    Kubernetes,
+    /// Read policy YAML from --policy-file, re-read on change.
+    File,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+/// Flags of `trustgate serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTPS admission endpoints (POST /validate, POST /imagereview).
+    #[arg(long, env = "TRUSTGATE_ADDR", default_value = "0.0.0.0:8443", value_name = "ADDR")]
+    pub addr: SocketAddr,
+
+    /// Address of the plain-HTTP admin endpoints (GET /livez, /readyz, /metrics).
+    #[arg(long, env = "TRUSTGATE_ADMIN_ADDR", default_value = "0.0.0.0:8080", value_name = "ADDR")]
+    pub admin_addr: SocketAddr,
+
+    /// PEM certificate chain, server certificate first. Re-read when it changes on disk.
+    #[arg(
+        long,
+        env = "TRUSTGATE_TLS_CERT",
+        value_name = "PATH",
+        requires = "tls_key",
+        required_unless_present = "self_signed"
+    )]
+    pub tls_cert: Option<PathBuf>,
+
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1) of the certificate. Re-read when it changes.
+    #[arg(long, env = "TRUSTGATE_TLS_KEY", value_name = "PATH", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Generate a throw-away CA and a certificate for local use instead of --tls-cert/--tls-key,
+    /// and write the CA bundle to --ca-bundle-out.
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_key"])]
+    pub self_signed: bool,
+
+    /// DNS names and IP addresses the self-signed certificate is valid for (repeatable).
+    #[arg(long = "self-signed-name", value_name = "NAME", default_values_t = ["localhost".to_owned(), "127.0.0.1".to_owned(), "::1".to_owned()], requires = "self_signed")]
+    pub self_signed_names: Vec<String>,
+
+    /// Where --self-signed writes the CA bundle (PEM) that clients must trust
+    /// [default: trustgate-ca.pem in the system temporary directory].
+    #[arg(long, value_name = "PATH", requires = "self_signed")]
+    pub ca_bundle_out: Option<PathBuf>,
+
+    /// Where policies come from [default: file when --policy-file is given, else kubernetes].
+    #[arg(long, value_enum, value_name = "SOURCE")]
+    pub policy_source: Option<PolicySource>,
+
+    /// TrustedRegistryPolicy YAML file or directory (recursive; hidden entries such as a
+    /// ConfigMap volume's `..data` are skipped), re-read on change.
+    #[arg(long, env = "TRUSTGATE_POLICY_FILE", value_name = "PATH")]
+    pub policy_file: Option<PathBuf>,
+
+    /// How often --policy-file is checked for changes.
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub policy_reload_interval: Duration,
+
+    /// Log format [default: text on a terminal, else json]. RUST_LOG sets the level (default info;
+    /// allowed requests are logged at debug).
+    #[arg(long, env = "TRUSTGATE_LOG_FORMAT", value_enum, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+
+    /// How often the leader audits running workloads (kubernetes source).
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub audit_interval: Duration,
+
+    /// Name of the Lease that elects the replica writing status and running the audit.
+    #[arg(long, default_value = "trustgate-leader", value_name = "NAME")]
+    pub lease_name: String,
+
+    /// Namespace of the leader-election Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default", value_name = "NAMESPACE")]
+    pub lease_namespace: String,
+
+    /// This replica's identity in the Lease [default: the host name, else a random id].
+    #[arg(long, env = "POD_NAME", value_name = "NAME")]
+    pub identity: Option<String>,
+
+    /// Admission connections served at once; more clients wait in the listen backlog.
+    #[arg(long, default_value_t = 1024, value_name = "N")]
+    pub max_connections: usize,
+
+    /// Time allowed for a TLS handshake and for a request's headers; also how long an idle
+    /// HTTP/1.1 keep-alive connection is kept.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub header_read_timeout: Duration,
+
+    /// Time allowed to receive a request's body (then 408).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub request_timeout: Duration,
+
+    /// Connections (HTTP/2 included) with no request for this long are closed.
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub idle_timeout: Duration,
+
+    /// How long in-flight requests may take to finish after SIGTERM.
+    #[arg(long, default_value = "25s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub drain_grace: Duration,
+
+    /// How often --tls-cert and --tls-key are checked for changes.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub tls_reload_interval: Duration,
+
+    /// Runtime worker threads [default: the number of CPUs].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    pub worker_threads: Option<u16>,
+}
+
+impl ServeArgs {
+    fn source(&self) -> anyhow::Result<PolicySource> {
+        match (self.policy_source, &self.policy_file) {
+            (None, Some(_)) | (Some(PolicySource::File), Some(_)) => Ok(PolicySource::File),
+            (None, None) | (Some(PolicySource::Kubernetes), None) => Ok(PolicySource::Kubernetes),
+            (Some(PolicySource::File), None) => bail!("--policy-source file needs --policy-file PATH"),
+            (Some(PolicySource::Kubernetes), Some(_)) => {
+                bail!("--policy-file is only read with --policy-source file")
+            }
+        }
+    }
+
+    fn limits(&self) -> Limits {
+        Limits {
+            max_body: server::MAX_BODY,
+            header_read_timeout: self.header_read_timeout,
+            request_timeout: self.request_timeout,
+            idle_timeout: self.idle_timeout,
+            max_connections: self.max_connections,
+            drain_grace: self.drain_grace,
+        }
+    }
+
+    fn identity(&self) -> String {
+        if let Some(identity) = &self.identity {
+            return identity.clone();
+        }
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_owned())
+            .filter(|h| !h.is_empty())
+            .unwrap_or_else(|| {
+                let nanos =
+                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+                format!("trustgate-{:x}{:x}", std::process::id(), nanos)
+            })
+    }
+}
+
+/// Runs the server until a signal; returns the process exit code.
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Flushes the log lines still queued when dropped, at exit.
+    let _logs = init_tracing(args.log_format);
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if let Some(threads) = args.worker_threads {
+        runtime.worker_threads(usize::from(threads));
+    }
+    let runtime = runtime.enable_all().thread_name("trustgate").build().context("cannot start the async runtime")?;
+    let code = runtime.block_on(serve(args));
+    // Whatever is still running (a second signal cut the drain short) is abandoned.
+    runtime.shutdown_background();
+    code
+}
+
+/// Logs go to stderr through a background thread: a request never waits on the log pipe, and
+/// lines are dropped (not queued without bound) if it cannot keep up.
+fn init_tracing(format: Option<LogFormat>) -> tracing_appender::non_blocking::WorkerGuard {
+    let terminal = std::io::stderr().is_terminal();
+    let format = format.unwrap_or(if terminal { LogFormat::Text } else { LogFormat::Json });
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // 8,192 queued lines (the default, 128,000, costs 4 MiB of resident memory up front).
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .buffered_lines_limit(8192)
+        .finish(std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(terminal);
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("warning: logging is already set up: {e}");
+    }
+    guard
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let source_kind = args.source()?;
+    let store = Store::new();
+    let mut registry = metrics::registry();
+    SnapshotCollector::register(&mut registry, store.clone());
+    let admission_metrics = AdmissionMetrics::register(&mut registry);
+    let shutdown = CancellationToken::new();
+
+    // Credentials are validated before any port opens.
+    let tls_metrics = TlsMetrics::register(&mut registry);
+    let (credentials, reloader) = credentials(&args, tls_metrics)?;
+    let tls_config = Arc::new(credentials.server_config()?);
+
+    match source_kind {
+        PolicySource::File => {
+            let path = args.policy_file.clone().expect("the file source has a path");
+            let mut source = FileSource::new(path, SourceMetrics::register(&mut registry));
+            let snapshot = source
+                .poll()
+                .with_context(|| format!("cannot load policies from {}", source.path().display()))?
+                .expect("the first poll of a file source always loads");
+            source::log_loaded(source.path(), &snapshot);
+            store.publish(snapshot);
+            tokio::spawn(source.run(store.clone(), args.policy_reload_interval, shutdown.clone()));
+        }
+        PolicySource::Kubernetes => {
+            let client = kube::Client::try_default().await.context("cannot configure the Kubernetes client")?;
+            let config = crate::watch::WatchConfig {
+                lease_namespace: args.lease_namespace.clone(),
+                lease_name: args.lease_name.clone(),
+                identity: args.identity(),
+                audit_interval: args.audit_interval,
+            };
+            let source = crate::watch::KubeSource::new(config, &mut registry);
+            let (store, shutdown) = (store.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                if let Err(error) = source.run(client, store, shutdown).await {
+                    tracing::error!(error = format!("{error:#}"), "the Kubernetes policy source stopped");
+                }
+            });
+        }
+    }
+    if let Some(reloader) = reloader {
+        tokio::spawn(reloader.run(args.tls_reload_interval, shutdown.clone()));
+    }
+
+    let listener = TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
+    let admin_listener =
+        TcpListener::bind(args.admin_addr).await.with_context(|| format!("cannot listen on {}", args.admin_addr))?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        admin_addr = %admin_listener.local_addr()?,
+        policy_source = ?source_kind,
+        "serving admission on https://{}/validate and /imagereview",
+        listener.local_addr()?
+    );
+
+    let admin_shutdown = CancellationToken::new();
+    let admin = tokio::spawn(admin::serve(admin_listener, Admin::new(store.clone(), registry), admin_shutdown.clone()));
+    let admission = Admission::new(store.clone(), admission_metrics, &args.limits());
+    let mut server = tokio::spawn(server::serve(listener, tls_config, admission, args.limits(), shutdown.clone()));
+
+    let mut signals = Signals::new()?;
+    tokio::select! {
+        signal = signals.next() => tracing::info!(signal, "shutting down: readiness false, draining in-flight requests"),
+        result = &mut server => {
+            result.context("the admission server stopped")?;
+            bail!("the admission server stopped unexpectedly");
+        }
+    }
+    store.start_draining();
+    shutdown.cancel();
+    tokio::select! {
+        result = server => result.context("the admission server failed while draining")?,
+        signal = signals.next() => {
+            tracing::warn!(signal, "second signal: exiting without draining");
+            return Ok(ExitCode::from(1));
+        }
+    }
+    admin_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
+    tracing::info!("drained; exiting");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn credentials(args: &ServeArgs, metrics: TlsMetrics) -> anyhow::Result<(Arc<Credentials>, Option<Reloader>)> {
+    if args.self_signed {
+        let generated = SelfSigned::generate(&args.self_signed_names)?;
+        let path = args.ca_bundle_out.clone().unwrap_or_else(|| std::env::temp_dir().join("trustgate-ca.pem"));
+        generated.write_ca_bundle(&path)?;
+        tracing::info!(
+            ca_bundle = %path.display(),
+            names = ?args.self_signed_names,
+            "self-signed certificate: clients must trust the CA bundle (curl --cacert {})",
+            path.display()
+        );
+        return Ok((Credentials::new(generated.key), None));
+    }
+    let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) else {
+        bail!("give --tls-cert and --tls-key, or --self-signed");
+    };
+    let (credentials, reloader) = Reloader::load(CertificateFiles { cert, key }, metrics)?;
+    Ok((credentials, Some(reloader)))
+}
+
+/// SIGTERM and SIGINT, as one stream.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+        })
+    }
+
+    async fn next(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Command {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        Command::try_parse_from(std::iter::once("serve").chain(args.iter().copied())).map(|c| c.serve)
+    }
+
+    #[test]
+    fn defaults_match_the_chart() {
+        let args = parse(&["--tls-cert", "c", "--tls-key", "k"]).unwrap();
+        assert_eq!(args.addr.to_string(), "0.0.0.0:8443");
+        assert_eq!(args.admin_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(args.audit_interval, Duration::from_secs(300));
+        assert_eq!(args.lease_name, "trustgate-leader");
+        assert_eq!(args.max_connections, 1024);
+        assert_eq!(args.source().unwrap(), PolicySource::Kubernetes);
+    }
+
+    #[test]
+    fn policy_file_selects_the_file_source() {
+        let args = parse(&["--self-signed", "--policy-file", "p"]).unwrap();
+        assert_eq!(args.source().unwrap(), PolicySource::File);
+        let args = parse(&["--self-signed", "--policy-source", "file"]).unwrap();
+        assert!(args.source().unwrap_err().to_string().contains("needs --policy-file"));
+        let args = parse(&["--self-signed", "--policy-source", "kubernetes", "--policy-file", "p"]).unwrap();
+        assert!(args.source().is_err());
+    }
+
+    #[test]
+    fn tls_flags_are_checked() {
+        assert!(parse(&[]).is_err(), "a certificate or --self-signed is required");
+        assert!(parse(&["--tls-cert", "c"]).is_err(), "a certificate needs its key");
+        assert!(parse(&["--self-signed", "--tls-cert", "c", "--tls-key", "k"]).is_err());
+        let args = parse(&["--self-signed", "--audit-interval", "90s", "--drain-grace", "1m"]).unwrap();
+        assert_eq!((args.audit_interval, args.drain_grace), (Duration::from_secs(90), Duration::from_secs(60)));
+    }
+}

@@ -1,0 +1,459 @@
+//! The HTTPS admission server: TLS listener, HTTP/1.1 and HTTP/2 (by ALPN), routing, limits,
+//! timeouts, a connection cap and graceful drain. A thin shell: every decision is made by the
+//! pure [`crate::review`] functions on the current [`Snapshot`](crate::state::Snapshot).
+//!
+//! The hot path reads the store once per request, never holds a lock across an `.await`, and
+//! never waits on a policy source or on disk.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::field::{Empty, Field, Value};
+
+use crate::metrics::{AdmissionMetrics, Endpoint};
+use crate::policy::{Verdict, Violation};
+use crate::review::{AdmissionRequest, ImageRequest, Outcome};
+use crate::state::Store;
+
+/// Request bodies above this size are refused with 413.
+pub const MAX_BODY: usize = 4 * 1024 * 1024;
+
+/// Limits and timeouts of the admission server.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    /// Largest accepted request body (413 above).
+    pub max_body: usize,
+    /// Time allowed for the TLS handshake and for each request's headers. For HTTP/1.1 it also
+    /// bounds how long a kept-alive connection may sit idle between requests.
+    pub header_read_timeout: Duration,
+    /// Time allowed to receive a request's body (408 after it).
+    pub request_timeout: Duration,
+    /// A connection with no request in flight for this long is closed.
+    pub idle_timeout: Duration,
+    /// Connections served at once; further clients wait in the listen backlog.
+    pub max_connections: usize,
+    /// How long in-flight requests may take to finish after shutdown starts.
+    pub drain_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body: MAX_BODY,
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(90),
+            max_connections: 1024,
+            drain_grace: Duration::from_secs(25),
+        }
+    }
+}
+
+/// The admission service: routes requests and answers reviews.
+#[derive(Debug)]
+pub struct Admission {
+    store: Arc<Store>,
+    metrics: AdmissionMetrics,
+    max_body: usize,
+    request_timeout: Duration,
+}
+
+type Body = Full<Bytes>;
+
+impl Admission {
+    pub fn new(store: Arc<Store>, metrics: AdmissionMetrics, limits: &Limits) -> Arc<Self> {
+        Arc::new(Admission { store, metrics, max_body: limits.max_body, request_timeout: limits.request_timeout })
+    }
+
+    /// Answers one HTTP request.
+    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+        let started = Instant::now();
+        let _in_flight = self.metrics.in_flight();
+        let endpoint = match request.uri().path() {
+            "/validate" => Endpoint::Validate,
+            "/imagereview" => Endpoint::ImageReview,
+            path => {
+                return self.reject(
+                    StatusCode::NOT_FOUND,
+                    format!("no such path {path:?}: POST AdmissionReviews to /validate, ImageReviews to /imagereview"),
+                );
+            }
+        };
+        if request.method() != Method::POST {
+            let mut response = self.reject(
+                StatusCode::METHOD_NOT_ALLOWED,
+                format!("{} {} is not allowed: use POST", request.method(), request.uri().path()),
+            );
+            response.headers_mut().insert(ALLOW, HeaderValue::from_static("POST"));
+            return response;
+        }
+        let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|len| len > self.max_body as u64) {
+            return self.too_large();
+        }
+        let body = Limited::new(request.into_body(), self.max_body);
+        let body = match tokio::time::timeout(self.request_timeout, body.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(e)) if e.is::<LengthLimitError>() => return self.too_large(),
+            Ok(Err(e)) => return self.reject(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")),
+            Err(_) => {
+                return self.reject(
+                    StatusCode::REQUEST_TIMEOUT,
+                    format!("the request body did not arrive within {:?}", self.request_timeout),
+                );
+            }
+        };
+        // Read once: the whole review is decided on this one snapshot.
+        let Some(snapshot) = self.store.load() else {
+            return self.reject(StatusCode::SERVICE_UNAVAILABLE, "policies are not loaded yet".to_owned());
+        };
+        let now = jiff::Timestamp::now();
+        match endpoint {
+            Endpoint::Validate => self.validate(&body, |request| request.review(&snapshot, now), started),
+            Endpoint::ImageReview => self.image_review(&body, |request| request.review(&snapshot, now), started),
+        }
+    }
+
+    fn validate(
+        &self,
+        body: &[u8],
+        review: impl FnOnce(&AdmissionRequest<'_>) -> crate::review::Answer,
+        started: Instant,
+    ) -> Response<Body> {
+        let span = tracing::info_span!(
+            "admission",
+            uid = Empty,
+            kind = Empty,
+            namespace = Empty,
+            // Not `name`: the JSON formatter writes the span's own name under that key.
+            object_name = Empty,
+            operation = Empty,
+            subresource = Empty,
+            dry_run = Empty,
+            decision = Empty,
+            violations = Empty,
+            micros = Empty,
+        );
+        let request = match AdmissionRequest::parse(body) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::warn!(parent: &span, %error, "malformed AdmissionReview");
+                return self.reject(StatusCode::BAD_REQUEST, error.to_string());
+            }
+        };
+        let answer = review(&request);
+        let verdict = answer.outcome.verdict();
+        let elapsed = started.elapsed();
+        // Every field in one `record`: the JSON log formatter re-parses a span's recorded fields
+        // each time more are added. The review in between is pure and logs nothing.
+        record(
+            &span,
+            [
+                ("uid", &&*request.uid as &dyn Value),
+                ("kind", &&*request.kind),
+                ("namespace", &&*request.namespace),
+                ("object_name", &&*request.name),
+                ("operation", &request.operation.as_str()),
+                ("subresource", &&*request.sub_resource),
+                ("dry_run", &request.dry_run),
+                ("decision", &verdict.as_str()),
+                ("violations", &answer.outcome.violations().len()),
+                ("micros", &micros(elapsed)),
+            ],
+        );
+        log_decision(&span, &answer.outcome);
+        self.metrics.decided(Endpoint::Validate, &request.kind, request.operation.as_str(), verdict, elapsed);
+        json(answer.body)
+    }
+
+    fn image_review(
+        &self,
+        body: &[u8],
+        review: impl FnOnce(&ImageRequest<'_>) -> crate::review::Answer,
+        started: Instant,
+    ) -> Response<Body> {
+        let span = tracing::info_span!(
+            "imagereview",
+            namespace = Empty,
+            images = Empty,
+            decision = Empty,
+            violations = Empty,
+            micros = Empty,
+        );
+        let request = match ImageRequest::parse(body) {
+            Ok(request) => request,
+            Err(error) => {
+                tracing::warn!(parent: &span, %error, "malformed ImageReview");
+                return self.reject(StatusCode::BAD_REQUEST, error.to_string());
+            }
+        };
+        let answer = review(&request);
+        let verdict = answer.outcome.verdict();
+        let elapsed = started.elapsed();
+        record(
+            &span,
+            [
+                ("namespace", &&*request.namespace as &dyn Value),
+                ("images", &request.images()),
+                ("decision", &verdict.as_str()),
+                ("violations", &answer.outcome.violations().len()),
+                ("micros", &micros(elapsed)),
+            ],
+        );
+        log_decision(&span, &answer.outcome);
+        self.metrics.decided(Endpoint::ImageReview, "ImageReview", "CREATE", verdict, elapsed);
+        json(answer.body)
+    }
+
+    fn too_large(&self) -> Response<Body> {
+        self.reject(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {} bytes", self.max_body))
+    }
+
+    fn reject(&self, status: StatusCode, reason: String) -> Response<Body> {
+        self.metrics.rejected(status.as_u16());
+        if status != StatusCode::BAD_REQUEST {
+            tracing::debug!(status = status.as_u16(), %reason, "request rejected");
+        }
+        let mut response = Response::new(Full::new(Bytes::from(reason + "\n")));
+        *response.status_mut() = status;
+        response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        response
+    }
+}
+
+/// Logs the one line of a decision, inside the request's span: at info when anything was
+/// found (a denial, a warning, an audit finding), at debug for a clean allow.
+fn log_decision(span: &tracing::Span, outcome: &Outcome) {
+    let violations = outcome.violations();
+    match outcome {
+        Outcome::Unreadable(reason) => tracing::warn!(parent: span, %reason, "denied: object unreadable"),
+        Outcome::Evaluated(_) if outcome.verdict() == Verdict::Deny => {
+            tracing::info!(parent: span, reasons = %Reasons(violations), "denied")
+        }
+        Outcome::Evaluated(_) if !violations.is_empty() => {
+            tracing::info!(parent: span, reasons = %Reasons(violations), "allowed with violations")
+        }
+        Outcome::Skipped => tracing::debug!(parent: span, "allowed: not checked"),
+        Outcome::Evaluated(_) => tracing::debug!(parent: span, "allowed"),
+    }
+}
+
+fn micros(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Every violation of a decision, compact, for the log line:
+/// `Enforce corporate Untrusted spec.template.spec.containers[0] "nginx:1.25"; ...`. The full
+/// sentences go to the user in the response; the log names the policy, the rule, the field and
+/// the image (quoted: it comes from the request).
+struct Reasons<'a>(&'a [Violation]);
+
+impl std::fmt::Display for Reasons<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, v) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{} {} {:?} {} {:?}", v.mode, v.policy, v.kind, v.field, v.image)?;
+        }
+        Ok(())
+    }
+}
+
+/// Records several fields on a span at once: the JSON log formatter re-serializes a span's
+/// fields on every `record` call, so fields known together are recorded together.
+fn record<const N: usize>(span: &tracing::Span, values: [(&str, &dyn Value); N]) {
+    let Some(metadata) = span.metadata() else { return };
+    let fields = metadata.fields();
+    let resolved =
+        values.map(|(name, value)| (fields.field(name).expect("every recorded field is declared on its span"), value));
+    let pairs: [(&Field, Option<&dyn Value>); N] = std::array::from_fn(|i| (&resolved[i].0, Some(resolved[i].1)));
+    span.record_all(&fields.value_set(&pairs));
+}
+
+fn json(body: Vec<u8>) -> Response<Body> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// When a connection last finished a request, and how many it has in flight.
+#[derive(Debug)]
+struct Activity {
+    opened: Instant,
+    in_flight: AtomicUsize,
+    last_millis: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Activity { opened: Instant::now(), in_flight: AtomicUsize::new(0), last_millis: AtomicU64::new(0) })
+    }
+
+    fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// When the connection will have been idle for `idle`, or `None` if a request is in flight.
+    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
+        if self.in_flight.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        Some(self.opened + Duration::from_millis(self.last_millis.load(Ordering::Relaxed)) + idle)
+    }
+}
+
+/// Marks a request in flight until dropped (completed or cancelled).
+struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let millis = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.0.last_millis.store(millis, Ordering::Relaxed);
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves admission over TLS on `listener` until `shutdown`, then stops accepting, lets
+/// in-flight requests finish (at most `limits.drain_grace`) and returns.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    admission: Arc<Admission>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(250)
+        .keep_alive_interval(Duration::from_secs(20))
+        .keep_alive_timeout(limits.header_read_timeout);
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let connections = TaskTracker::new();
+
+    loop {
+        let permit = tokio::select! {
+            () = shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => permit.expect("the connection semaphore is never closed"),
+        };
+        let (tcp, peer) = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let connection = Connection {
+            acceptor: acceptor.clone(),
+            builder: builder.clone(),
+            admission: admission.clone(),
+            limits: limits.clone(),
+            shutdown: shutdown.clone(),
+        };
+        connections.spawn(async move {
+            connection.serve(tcp, peer).await;
+            drop(permit);
+        });
+    }
+    // Closing the listener refuses new connections from here on.
+    drop(listener);
+    connections.close();
+    tracing::info!(connections = connections.len(), "draining in-flight requests");
+    if tokio::time::timeout(limits.drain_grace, connections.wait()).await.is_err() {
+        tracing::warn!(
+            connections = connections.len(),
+            grace = ?limits.drain_grace,
+            "drain grace period over: closing the remaining connections"
+        );
+    }
+}
+
+struct Connection {
+    acceptor: TlsAcceptor,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    admission: Arc<Admission>,
+    limits: Limits,
+    shutdown: CancellationToken,
+}
+
+impl Connection {
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr) {
+        let _ = tcp.set_nodelay(true);
+        let tls = match tokio::time::timeout(self.limits.header_read_timeout, self.acceptor.accept(tcp)).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(error)) => {
+                tracing::debug!(%peer, %error, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        let activity = Activity::new();
+        let admission = self.admission.clone();
+        let in_flight = activity.clone();
+        let service = service_fn(move |request| {
+            let admission = admission.clone();
+            let guard = in_flight.begin();
+            async move {
+                let response = admission.handle(request).await;
+                drop(guard);
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let connection = self.builder.serve_connection(TokioIo::new(tls), service);
+        tokio::pin!(connection);
+        let mut closing = false;
+        loop {
+            let idle_deadline = activity.idle_deadline(self.limits.idle_timeout);
+            let recheck = idle_deadline.unwrap_or_else(|| Instant::now() + self.limits.idle_timeout);
+            tokio::select! {
+                result = connection.as_mut() => {
+                    if let Err(error) = result {
+                        tracing::debug!(%peer, %error, "connection ended with an error");
+                    }
+                    return;
+                }
+                () = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep_until(recheck.into()), if !closing => {
+                    if activity.idle_deadline(self.limits.idle_timeout).is_some_and(|d| d <= Instant::now()) {
+                        tracing::debug!(%peer, "closing idle connection");
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,255 @@
+//! The file policy source (`--policy-file PATH`): a file or a directory of TrustedRegistryPolicy
+//! YAML, re-read when it changes, compiled, and published to the [`Store`].
+//!
+//! Every couple of seconds the files are read and hashed; only a change is parsed and compiled.
+//! An edit that does not load (a YAML error, an invalid policy, a policy defined twice) is
+//! rejected as a whole and the last good snapshot stays in service: dropping just the broken
+//! policy would silently widen trust.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::manifest::{self, ManifestError};
+use crate::metrics::SourceMetrics;
+use crate::policy::{Mode, PolicyError, PolicySet, TrustedRegistryPolicy};
+use crate::state::{Snapshot, Store};
+
+/// Why the policy files could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    #[error("{file}: {error}")]
+    Invalid { file: String, error: PolicyError },
+    #[error("policy {name:?} is defined twice: in {first} and in {second}")]
+    Duplicate { name: String, first: String, second: String },
+}
+
+/// Policies read from files.
+pub struct FileSource {
+    path: PathBuf,
+    /// Hash of the file names and contents last loaded (successfully or not).
+    seen: Option<u64>,
+    metrics: SourceMetrics,
+}
+
+impl FileSource {
+    pub fn new(path: PathBuf, metrics: SourceMetrics) -> Self {
+        FileSource { path, seen: None, metrics }
+    }
+
+    /// Reads the files and, if they changed since the last call, compiles them. `Ok(None)`: no
+    /// change. Blocking file I/O.
+    pub fn poll(&mut self) -> Result<Option<Snapshot>, SourceError> {
+        let files = self.read()?;
+        let mut hasher = DefaultHasher::new();
+        files.hash(&mut hasher);
+        let hash = hasher.finish();
+        if self.seen == Some(hash) {
+            return Ok(None);
+        }
+        self.seen = Some(hash);
+        let result = compile(&files);
+        match &result {
+            Ok(_) => self.metrics.reloaded(),
+            Err(_) => self.metrics.failed(),
+        }
+        result.map(Some)
+    }
+
+    /// The policy files under the path, with their contents. Hidden entries are skipped: a
+    /// ConfigMap volume holds every file three times (`x.yaml`, `..data/x.yaml` and
+    /// `..2024_01_01_00_00_00.1/x.yaml`), and `.git` holds no policies.
+    fn read(&self) -> Result<Vec<(String, String)>, SourceError> {
+        let mut out = Vec::new();
+        for file in manifest::files(&self.path)? {
+            if is_hidden(file.strip_prefix(&self.path).unwrap_or(&file)) {
+                continue;
+            }
+            let name = file.display().to_string();
+            let text =
+                std::fs::read_to_string(&file).map_err(|source| ManifestError::Io { path: name.clone(), source })?;
+            out.push((name, text));
+        }
+        Ok(out)
+    }
+
+    /// Checks the files every `interval` until `shutdown`, publishing each good change.
+    pub async fn run(mut self, store: Arc<Store>, interval: Duration, shutdown: CancellationToken) {
+        let mut ticks = tokio::time::interval(interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                _ = ticks.tick() => {}
+            }
+            let polled = tokio::task::spawn_blocking(move || {
+                let result = self.poll();
+                (self, result)
+            })
+            .await;
+            let result = match polled {
+                Ok((source, result)) => {
+                    self = source;
+                    result
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "the policy file source stopped");
+                    return;
+                }
+            };
+            match result {
+                Ok(None) => {}
+                Ok(Some(snapshot)) => {
+                    log_loaded(&self.path, &snapshot);
+                    store.publish(snapshot);
+                }
+                Err(error) => tracing::error!(
+                    path = %self.path.display(),
+                    %error,
+                    "policy files changed but do not load; still enforcing the last good policies"
+                ),
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// Logs what a newly loaded snapshot holds.
+pub fn log_loaded(path: &Path, snapshot: &Snapshot) {
+    let policies = &snapshot.policies;
+    if policies.is_empty() {
+        tracing::warn!(path = %path.display(), "no TrustedRegistryPolicy found: every image is allowed");
+    } else {
+        tracing::info!(
+            path = %path.display(),
+            enforce = policies.count_by_mode(Mode::Enforce),
+            warn = policies.count_by_mode(Mode::Warn),
+            audit = policies.count_by_mode(Mode::Audit),
+            "policies loaded"
+        );
+    }
+}
+
+fn is_hidden(relative: &Path) -> bool {
+    relative.components().any(|c| matches!(c, Component::Normal(name) if name.to_string_lossy().starts_with('.')))
+}
+
+/// Parses and compiles every policy; any problem rejects the whole set.
+fn compile(files: &[(String, String)]) -> Result<Snapshot, SourceError> {
+    let mut policies: Vec<(&str, TrustedRegistryPolicy)> = Vec::new();
+    for (name, text) in files {
+        policies.extend(manifest::parse_policies(name, text)?.into_iter().map(|p| (name.as_str(), p)));
+    }
+    let mut defined: HashMap<&str, &str> = HashMap::new();
+    for (file, policy) in &policies {
+        let name = policy.metadata.name.as_deref().unwrap_or("");
+        if let Some(first) = defined.insert(name, file) {
+            return Err(SourceError::Duplicate {
+                name: name.to_owned(),
+                first: first.to_owned(),
+                second: (*file).to_owned(),
+            });
+        }
+    }
+    let (set, errors) = PolicySet::compile(policies.iter().map(|(_, p)| p));
+    if let Some(error) = errors.into_iter().next() {
+        let file = policies
+            .iter()
+            .find(|(_, p)| p.metadata.name.as_deref() == Some(error.policy.as_str()))
+            .map_or("", |(f, _)| *f);
+        return Err(SourceError::Invalid { file: file.to_owned(), error });
+    }
+    Ok(Snapshot { policies: set, namespaces: None })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(name: &str, mode: &str) -> String {
+        format!(
+            "apiVersion: trustgate.dev/v1alpha1\nkind: TrustedRegistryPolicy\nmetadata:\n  name: {name}\nspec:\n  mode: {mode}\n  trustedRegistries: [registry.my.com]\n"
+        )
+    }
+
+    fn names(snapshot: &Snapshot) -> Vec<&str> {
+        snapshot.policies.policies().iter().map(|p| p.name()).collect()
+    }
+
+    #[test]
+    fn loads_a_directory_then_only_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("a.yaml"), policy("a", "Enforce")).unwrap();
+        std::fs::write(dir.path().join("b.yml"), policy("b", "Warn")).unwrap();
+        std::fs::write(dir.path().join("notes.txt"), "not a policy").unwrap();
+        let mut source = FileSource::new(dir.path().to_owned(), SourceMetrics::default());
+        let snapshot = source.poll().unwrap().expect("first load");
+        assert_eq!(names(&snapshot), ["a", "b"]);
+        assert!(source.poll().unwrap().is_none(), "unchanged files are not reloaded");
+
+        // Same length, same second: only the content differs.
+        std::fs::write(dir.path().join("b.yml"), policy("c", "Warn")).unwrap();
+        assert_eq!(names(&source.poll().unwrap().expect("changed")), ["a", "c"]);
+    }
+
+    #[test]
+    fn bad_edits_are_rejected_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, policy("a", "Enforce")).unwrap();
+        let mut source = FileSource::new(file.clone(), SourceMetrics::default());
+        source.poll().unwrap().unwrap();
+
+        std::fs::write(&file, "apiVersion: trustgate.dev/v1alpha1\nkind: [").unwrap();
+        assert!(matches!(source.poll(), Err(SourceError::Manifest(_))));
+        assert!(source.poll().unwrap().is_none(), "a failure is reported once per change");
+
+        let invalid = policy("a", "Enforce").replace("registry.my.com", "nginx");
+        std::fs::write(&file, format!("{invalid}---\n{}", policy("b", "Enforce"))).unwrap();
+        let err = source.poll().unwrap_err().to_string();
+        assert!(err.contains("p.yaml: policy \"a\" is invalid"), "{err}");
+
+        std::fs::write(&file, format!("{}---\n{}", policy("a", "Enforce"), policy("a", "Warn"))).unwrap();
+        assert!(matches!(source.poll(), Err(SourceError::Duplicate { name, .. }) if name == "a"));
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn reads_a_configmap_volume_once_and_follows_its_swap() {
+        use std::os::unix::fs::symlink;
+        let dir = tempfile::tempdir().unwrap();
+        let generation = |name: &str, policy_name: &str| {
+            std::fs::create_dir(dir.path().join(name)).unwrap();
+            std::fs::write(dir.path().join(name).join("p.yaml"), policy(policy_name, "Enforce")).unwrap();
+        };
+        generation("..2024_01_01", "first");
+        symlink("..2024_01_01", dir.path().join("..data")).unwrap();
+        symlink("..data/p.yaml", dir.path().join("p.yaml")).unwrap();
+        let mut source = FileSource::new(dir.path().to_owned(), SourceMetrics::default());
+        assert_eq!(names(&source.poll().unwrap().unwrap()), ["first"]);
+
+        generation("..2024_02_01", "second");
+        symlink("..2024_02_01", dir.path().join("..data_tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data_tmp"), dir.path().join("..data")).unwrap();
+        assert_eq!(names(&source.poll().unwrap().unwrap()), ["second"]);
+    }
+
+    #[test]
+    fn an_empty_directory_is_an_empty_policy_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut source = FileSource::new(dir.path().to_owned(), SourceMetrics::default());
+        assert!(source.poll().unwrap().unwrap().policies.is_empty());
+        let missing = FileSource::new(dir.path().join("nope"), SourceMetrics::default()).poll();
+        assert!(matches!(missing, Err(SourceError::Manifest(ManifestError::Io { .. }))));
+    }
+}

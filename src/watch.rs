@@ -1,0 +1,442 @@
+//! The Kubernetes policy source: kube-rs watchers feed the [`Index`], which publishes admission
+//! snapshots to the [`Store`]; the elected leader writes policy status and runs the audit.
+//!
+//! Four loops run side by side until shutdown:
+//! - **watch**: TrustedRegistryPolicy objects and Namespace metadata, with kube's default
+//!   backoff. Each change that admission would notice publishes a new snapshot, the first one
+//!   once both initial lists are in. Errors only delay: the last snapshot stays in place, so
+//!   admission never waits on the API server.
+//! - **lease**: leader election ([`crate::lease`]).
+//! - **status**: while leading, writes `observedGeneration` and `Ready` of each policy whose
+//!   status does not already say it ([`crate::status`]).
+//! - **audit**: while leading, every `audit_interval`, [`crate::audit::run`] and a write of each
+//!   policy's `status.audit`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, watcher};
+use kube::{Api, Client};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch as channel;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::audit;
+use crate::index::{Index, PolicyEntry, PolicyObject};
+use crate::lease::{Elector, LeaseConfig};
+use crate::state::Store;
+use crate::status::{self, ReadyStatus};
+
+/// The field manager of every write.
+pub const FIELD_MANAGER: &str = "trustgate";
+/// Objects per page of an audit list.
+pub const AUDIT_PAGE_SIZE: u32 = 500;
+/// How often the status writer retries writes that failed.
+const STATUS_RESYNC: Duration = Duration::from_secs(30);
+
+/// Where the lease lives, who we are, and how often to audit.
+#[derive(Debug, Clone)]
+pub struct WatchConfig {
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// `holderIdentity` in the lease: the pod name.
+    pub identity: String,
+    pub audit_interval: Duration,
+}
+
+/// The policies as the status writer sees them; `None` until the first list is in.
+type PolicyView = Option<Arc<[Arc<PolicyEntry>]>>;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResourceLabels {
+    resource: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct KindLabels {
+    resource: &'static str,
+}
+
+const POLICIES: &str = "trustedregistrypolicies";
+const NAMESPACES: &str = "namespaces";
+
+/// Metrics of the watchers (`trustgate_watch_*`), the election (`trustgate_leader`), status
+/// writes (`trustgate_status_*`) and the audit (`trustgate_audit_*`).
+#[derive(Clone, Debug, Default)]
+pub struct WatchMetrics {
+    synced: Family<ResourceLabels, Gauge>,
+    healthy: Family<ResourceLabels, Gauge>,
+    errors: Family<ResourceLabels, Counter>,
+    invalid: Gauge,
+    leader: Gauge,
+    status_writes: Family<ResultLabels, Counter>,
+    audit_runs: Family<ResultLabels, Counter>,
+    audit_violations: Family<PolicyLabels, Gauge>,
+    audit_listed: Family<KindLabels, Gauge>,
+    audit_last_success: Gauge,
+}
+
+impl WatchMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        let m = WatchMetrics::default();
+        {
+            let r = registry.sub_registry_with_prefix("watch");
+            r.register("synced", "1 once the initial list of the resource is in", m.synced.clone());
+            r.register(
+                "healthy",
+                "1 while the watch of the resource works, 0 after an error until it recovers (admission keeps the last snapshot)",
+                m.healthy.clone(),
+            );
+            r.register("errors", "Errors of the watch of the resource (list, watch, decode)", m.errors.clone());
+            r.register(
+                "invalid_policies",
+                "TrustedRegistryPolicies that do not compile and are not enforced",
+                m.invalid.clone(),
+            );
+        }
+        registry.register(
+            "leader",
+            "1 while this replica holds the lease (writes status, runs the audit)",
+            m.leader.clone(),
+        );
+        registry.sub_registry_with_prefix("status").register(
+            "writes",
+            "Policy status writes, by result (success, error)",
+            m.status_writes.clone(),
+        );
+        let r = registry.sub_registry_with_prefix("audit");
+        r.register("runs", "Audit runs, by result (success, error)", m.audit_runs.clone());
+        r.register(
+            "violations",
+            "Workloads in the cluster that the policy would deny or flag, from the last audit (leader only)",
+            m.audit_violations.clone(),
+        );
+        r.register("listed_objects", "Objects listed by the last audit, by resource", m.audit_listed.clone());
+        r.register(
+            "last_success_timestamp_seconds",
+            "When the last audit completed (Unix time)",
+            m.audit_last_success.clone(),
+        );
+        m
+    }
+
+    fn watch_ok(&self, resource: &'static str) {
+        self.healthy.get_or_create(&ResourceLabels { resource }).set(1);
+    }
+
+    fn watch_failed(&self, resource: &'static str) {
+        self.healthy.get_or_create(&ResourceLabels { resource }).set(0);
+        self.errors.get_or_create(&ResourceLabels { resource }).inc();
+    }
+}
+
+/// The `--policy-source kubernetes` policy source.
+pub struct KubeSource {
+    config: WatchConfig,
+    metrics: WatchMetrics,
+}
+
+impl KubeSource {
+    /// Registers the source's metrics; nothing runs until [`KubeSource::run`].
+    pub fn new(config: WatchConfig, registry: &mut Registry) -> Self {
+        KubeSource { config, metrics: WatchMetrics::register(registry) }
+    }
+
+    /// Watches, elects, writes status and audits until `shutdown`; then releases the lease.
+    pub async fn run(self, client: Client, store: Arc<Store>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let KubeSource { config, metrics } = self;
+        let (view_tx, view_rx) = channel::channel::<PolicyView>(None);
+        let (leader_tx, leader_rx) = channel::channel(false);
+        let lease = LeaseConfig::new(&config.lease_namespace, &config.lease_name, &config.identity);
+        let elector = Elector::new(client.clone(), lease);
+        info!(
+            lease = %format!("{}/{}", config.lease_namespace, config.lease_name),
+            identity = %config.identity,
+            audit_interval = ?config.audit_interval,
+            "watching TrustedRegistryPolicies and Namespaces"
+        );
+        tokio::join!(
+            watch_loop(client.clone(), store.clone(), view_tx, metrics.clone(), shutdown.clone()),
+            lease_loop(elector, leader_tx, metrics.clone(), shutdown.clone()),
+            status_loop(Api::all(client.clone()), view_rx, leader_rx.clone(), metrics.clone(), shutdown.clone()),
+            audit_loop(client, store, leader_rx, config.audit_interval, metrics, shutdown),
+        );
+        Ok(())
+    }
+}
+
+/// Now, to the second: `Time` is written with second precision, and comparing what we wrote
+/// with what we read back must not see a difference that is only the nanoseconds.
+fn now() -> Time {
+    let now = Timestamp::now();
+    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
+}
+
+async fn watch_loop(
+    client: Client,
+    store: Arc<Store>,
+    views: channel::Sender<PolicyView>,
+    metrics: WatchMetrics,
+    shutdown: CancellationToken,
+) {
+    let policies = watcher(Api::<PolicyObject>::all(client.clone()), watcher::Config::default()).default_backoff();
+    // Metadata only: labels are all we need, and full Namespace objects are larger.
+    let namespaces =
+        watcher(Api::<PartialObjectMeta<Namespace>>::all(client), watcher::Config::default()).default_backoff();
+    let mut policies = std::pin::pin!(policies);
+    let mut namespaces = std::pin::pin!(namespaces);
+    let mut index = Index::new();
+    let mut reported: HashSet<(String, Option<i64>)> = HashSet::new();
+    loop {
+        let change = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            Some(event) = policies.next() => match event {
+                Ok(event) => {
+                    metrics.watch_ok(POLICIES);
+                    index.apply_policy(event)
+                }
+                Err(error) => {
+                    metrics.watch_failed(POLICIES);
+                    warn!(%error, resource = POLICIES, "watch failed; keeping the last snapshot and retrying");
+                    continue;
+                }
+            },
+            Some(event) = namespaces.next() => match event {
+                Ok(event) => {
+                    metrics.watch_ok(NAMESPACES);
+                    index.apply_namespace(event)
+                }
+                Err(error) => {
+                    metrics.watch_failed(NAMESPACES);
+                    warn!(%error, resource = NAMESPACES, "watch failed; keeping the last snapshot and retrying");
+                    continue;
+                }
+            },
+            else => return,
+        };
+        for (resource, synced) in [(POLICIES, index.policies_synced()), (NAMESPACES, index.namespaces_synced())] {
+            metrics.synced.get_or_create(&ResourceLabels { resource }).set(i64::from(synced));
+        }
+        if change.policies && index.policies_synced() {
+            let entries = index.policies();
+            metrics.invalid.set(i64::try_from(index.invalid_policies()).unwrap_or(i64::MAX));
+            let live: HashSet<_> = entries.iter().map(|e| (e.name.clone(), e.generation)).collect();
+            reported.retain(|k| live.contains(k));
+            for entry in &entries {
+                if let Some(error) = entry.error()
+                    && reported.insert((entry.name.clone(), entry.generation))
+                {
+                    warn!(policy = %entry.name, generation = ?entry.generation, %error, "policy not enforced");
+                }
+            }
+            views.send_replace(Some(entries.into()));
+        }
+        if change.snapshot
+            && let Some(snapshot) = index.snapshot()
+        {
+            let first = store.load().is_none();
+            info!(policies = snapshot.policies.len(), invalid = index.invalid_policies(), "policy snapshot published");
+            if first {
+                info!("initial policies and namespaces synced; ready for admission");
+            }
+            store.publish(snapshot);
+        }
+    }
+}
+
+async fn lease_loop(
+    mut elector: Elector,
+    leader: channel::Sender<bool>,
+    metrics: WatchMetrics,
+    shutdown: CancellationToken,
+) {
+    let config = elector.config().clone();
+    loop {
+        let (leading, error) = elector.tick(tokio::time::Instant::now()).await;
+        if let Some(error) = error {
+            let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+            warn!(%error, %source, leading, "leader election round failed");
+        }
+        let was = leader.send_replace(leading);
+        if was != leading {
+            if leading {
+                info!(identity = %config.identity, "acquired the lease: this replica writes status and audits");
+            } else {
+                info!(identity = %config.identity, "lost the lease");
+            }
+        }
+        metrics.leader.set(i64::from(leading));
+        let pause = if leading { config.renew_interval } else { config.retry_interval };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tokio::time::sleep(pause) => {}
+        }
+    }
+    leader.send_replace(false);
+    metrics.leader.set(0);
+    match elector.release().await {
+        Ok(true) => info!("released the lease"),
+        Ok(false) => {}
+        Err(error) => warn!(%error, "failed to release the lease; another replica takes over when it expires"),
+    }
+}
+
+/// Writes what differs; returns when `shutdown` fires or the channels close.
+async fn status_loop(
+    api: Api<PolicyObject>,
+    mut views: channel::Receiver<PolicyView>,
+    mut leader: channel::Receiver<bool>,
+    metrics: WatchMetrics,
+    shutdown: CancellationToken,
+) {
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+    // What we wrote, keyed by policy, with the resourceVersion we had read before writing: until
+    // the watch brings a newer object, what we wrote is the better idea of the current status.
+    let mut written: HashMap<String, (Option<String>, ReadyStatus)> = HashMap::new();
+    let mut resync = tokio::time::interval(STATUS_RESYNC);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            changed = views.changed() => if changed.is_err() { return },
+            changed = leader.changed() => if changed.is_err() { return },
+            _ = resync.tick() => {}
+        }
+        if !*leader.borrow_and_update() {
+            written.clear();
+            continue;
+        }
+        let Some(view) = views.borrow_and_update().clone() else { continue };
+        written.retain(|name, _| view.iter().any(|e| &e.name == name));
+        for entry in view.iter() {
+            if !*leader.borrow() || shutdown.is_cancelled() {
+                break;
+            }
+            let cached =
+                written.get(&entry.name).filter(|(rv, _)| *rv == entry.resource_version).map(|(_, s)| s.clone());
+            let current = cached.or_else(|| entry.status.as_ref().map(ReadyStatus::of));
+            let Some(update) = status::update(entry, current.as_ref(), &now()) else { continue };
+            match api.patch_status(&entry.name, &params, &Patch::Merge(update.patch())).await {
+                Ok(_) => {
+                    metrics.status_writes.get_or_create(&ResultLabels { result: "success" }).inc();
+                    let ready = update.conditions.iter().find(|c| c.type_ == status::READY);
+                    info!(policy = %entry.name, generation = ?entry.generation,
+                          ready = ready.map(|c| c.status.as_str()), "policy status written");
+                    written.insert(entry.name.clone(), (entry.resource_version.clone(), update));
+                }
+                Err(kube::Error::Api(s)) if s.is_not_found() => {
+                    debug!(policy = %entry.name, "policy gone before its status was written")
+                }
+                Err(error) => {
+                    metrics.status_writes.get_or_create(&ResultLabels { result: "error" }).inc();
+                    warn!(policy = %entry.name, %error, "failed to write policy status; retrying later");
+                }
+            }
+        }
+    }
+}
+
+async fn audit_loop(
+    client: Client,
+    store: Arc<Store>,
+    mut leader: channel::Receiver<bool>,
+    interval: Duration,
+    metrics: WatchMetrics,
+    shutdown: CancellationToken,
+) {
+    let api: Api<PolicyObject> = Api::all(client.clone());
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            lead = leader.wait_for(|l| *l) => if lead.is_err() { return },
+        }
+        let mut ticker = tokio::time::interval(interval.max(Duration::from_secs(1)));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = leader.wait_for(|l| !*l) => break,
+                _ = ticker.tick() => {}
+            }
+            // Not synced yet: try again shortly rather than a whole interval later.
+            let snapshot = loop {
+                if let Some(s) = store.load() {
+                    break s;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            };
+            let started = std::time::Instant::now();
+            let run = audit::run(&client, &snapshot, AUDIT_PAGE_SIZE, Timestamp::now());
+            let report = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = leader.wait_for(|l| !*l) => break,
+                report = run => report,
+            };
+            let report = match report {
+                Ok(r) => r,
+                Err(error) => {
+                    metrics.audit_runs.get_or_create(&ResultLabels { result: "error" }).inc();
+                    let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+                    warn!(%error, %source, "audit failed; no status written, retrying at the next interval");
+                    continue;
+                }
+            };
+            metrics.audit_violations.clear();
+            for (resource, count) in &report.listed {
+                metrics
+                    .audit_listed
+                    .get_or_create(&KindLabels { resource })
+                    .set(i64::try_from(*count).unwrap_or(i64::MAX));
+            }
+            for (policy, audit) in &report.statuses {
+                metrics.audit_violations.get_or_create(&PolicyLabels { policy: policy.clone() }).set(audit.violations);
+                if !*leader.borrow() {
+                    break;
+                }
+                match api.patch_status(policy, &params, &Patch::Merge(status::audit_patch(audit))).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.is_not_found() => {}
+                    Err(error) => warn!(%policy, %error, "failed to write audit status"),
+                }
+            }
+            metrics.audit_runs.get_or_create(&ResultLabels { result: "success" }).inc();
+            metrics.audit_last_success.set(Timestamp::now().as_second());
+            let violations: i64 = report.statuses.values().map(|a| a.violations).sum();
+            info!(
+                evaluated = report.evaluated,
+                unreadable = report.unreadable,
+                violations,
+                elapsed = ?started.elapsed(),
+                "audit completed"
+            );
+        }
+        // Only the leader reports audit results.
+        metrics.audit_violations.clear();
+    }
+}
