@@ -34,6 +34,14 @@ crds:
 chart:
     bash .ci/chart.sh
 
+# Run the webhook locally on self-signed TLS with the example policies
+run:
+    cargo run --release --locked -- serve --self-signed --policy-file examples/policies --addr 127.0.0.1:8443 --admin-addr 127.0.0.1:8080
+
+# End-to-end tests against the cluster KUBECONFIG points to
+e2e:
+    cargo test --locked --test e2e -- --ignored --test-threads=1
+
 # Check the example workloads against the example policies
 check-examples:
     cargo run -q --locked -- check --policy examples/policies examples/workloads
@@ -41,6 +49,10 @@ check-examples:
 # Engine benchmarks (criterion)
 bench:
     cargo bench --locked --bench engine
+
+# Server load benchmark: throughput, latency at a fixed rate, memory
+bench-server:
+    cargo bench --locked --bench server_load
 
 # Everything CI runs
 ci:

@@ -327,6 +327,12 @@ def check_workload(docs, case, namespace, fails):
     for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
         get = c.get(probe, {}).get("httpGet", {})
         fails.check(get == {"path": path, "port": "admin"}, case, f"{probe} must GET {path} on admin: {get}")
+    # Rendered for Kubernetes >= 1.30: a preStop sleep keeps the replica serving while the
+    # Service drops its endpoint, and the grace period leaves time to drain after it.
+    delay = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
+    fails.check(0 < delay <= 60, case, f"preStop sleep must delay shutdown (got {delay})")
+    fails.check(pod.get("terminationGracePeriodSeconds", 30) > delay + 10, case,
+                "terminationGracePeriodSeconds must exceed the preStop delay plus drain time")
     sc = c.get("securityContext", {})
     psc = pod.get("securityContext", {})
     fails.check(sc.get("runAsNonRoot") is True and sc.get("runAsUser") == 65532, case, "must run as 65532, non-root")

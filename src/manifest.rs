@@ -56,6 +56,11 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     let mut entries: Vec<_> = fs::read_dir(path).map_err(io)?.collect::<Result<Vec<_>, _>>().map_err(io)?;
     entries.sort_by_key(|e| e.file_name());
     for entry in entries {
+        // Hidden entries are skipped: a mounted ConfigMap shows each file again under `..data`
+        // and `..<timestamp>`, and `.git` holds no manifests.
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
         let p = entry.path();
         if p.is_dir() {
             out.extend(files(&p)?);
@@ -270,6 +275,27 @@ mod tests {
         let names: Vec<&str> = docs.iter().map(|d| d.value["metadata"]["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["a", "b", "c"]);
         assert_eq!(docs.iter().map(|d| d.document).collect::<Vec<_>>(), [1, 2, 2]);
+    }
+
+    #[test]
+    fn directories_are_walked_sorted_skipping_hidden_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        for (path, text) in [
+            ("b.yaml", "kind: Pod\nmetadata: {name: b}\n"),
+            ("a/c.yml", "kind: Pod\nmetadata: {name: c}\n"),
+            ("a.json", r#"{"kind": "Pod", "metadata": {"name": "a"}}"#),
+            ("notes.txt", "not yaml: ["),
+            ("..data/b.yaml", "kind: Pod\nmetadata: {name: copy}\n"),
+            (".git/x.yaml", "kind: Pod\nmetadata: {name: git}\n"),
+        ] {
+            let p = root.join(path);
+            fs::create_dir_all(p.parent().unwrap()).unwrap();
+            fs::write(p, text).unwrap();
+        }
+        let docs = read_paths(&[root.to_path_buf()]).unwrap();
+        let names: Vec<&str> = docs.iter().map(|d| d.value["metadata"]["name"].as_str().unwrap()).collect();
+        assert_eq!(names, ["c", "a", "b"]);
     }
 
     #[test]

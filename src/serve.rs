@@ -235,6 +235,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let (credentials, reloader) = credentials(&args, tls_metrics)?;
     let tls_config = Arc::new(credentials.server_config()?);
 
+    // The Kubernetes source releases its Lease when it stops; shutdown waits for that, so the
+    // next replica takes over at once instead of after the lease expires.
+    let mut source_task = None;
     match source_kind {
         PolicySource::File => {
             let path = args.policy_file.clone().expect("the file source has a path");
@@ -257,11 +260,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             };
             let source = crate::watch::KubeSource::new(config, &mut registry);
             let (store, shutdown) = (store.clone(), shutdown.clone());
-            tokio::spawn(async move {
+            source_task = Some(tokio::spawn(async move {
                 if let Err(error) = source.run(client, store, shutdown).await {
                     tracing::error!(error = format!("{error:#}"), "the Kubernetes policy source stopped");
                 }
-            });
+            }));
         }
     }
     if let Some(reloader) = reloader {
@@ -300,6 +303,9 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
             tracing::warn!(signal, "second signal: exiting without draining");
             return Ok(ExitCode::from(1));
         }
+    }
+    if let Some(task) = source_task {
+        let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
     }
     admin_shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(2), admin).await;
