@@ -82,9 +82,11 @@ impl fmt::Display for Detail {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Reference<'a> {
     domain: Cow<'a, str>,
-    path: Cow<'a, str>,
-    tag: Option<Cow<'a, str>>,
-    digest: Option<Cow<'a, str>>,
+    /// `path[:tag][@digest]` after the domain, normalized; the fields below index into it.
+    rest: Cow<'a, str>,
+    path_end: usize,
+    tag: Option<(usize, usize)>,
+    digest: Option<(usize, usize)>,
     written_domain: bool,
 }
 
@@ -107,7 +109,7 @@ impl<'a> Reference<'a> {
                     (first, rest, true)
                 } else if first == LEGACY_DOCKER_HUB {
                     (DOCKER_HUB, rest, true)
-                } else if first.contains(['.', ':']) || has_uppercase(first) {
+                } else if first.bytes().any(|b| b == b'.' || b == b':') || has_uppercase(first) {
                     (first, rest, true)
                 } else {
                     (DOCKER_HUB, input, false)
@@ -144,30 +146,26 @@ impl<'a> Reference<'a> {
             validate_digest(&remainder[start..end])?;
         }
 
-        // `split_reference` reports byte ranges of `remainder`; slice them out of the Cow
-        // without copying when the remainder is borrowed from the input.
-        let slice = |range: (usize, usize)| -> Cow<'a, str> {
-            match &remainder {
-                Cow::Borrowed(s) => Cow::Borrowed(&s[range.0..range.1]),
-                Cow::Owned(s) => Cow::Owned(s[range.0..range.1].to_owned()),
-            }
-        };
-        let tag = parts.tag.map(slice);
-        let digest = parts.digest.map(slice);
-        let (domain, path) = if parts.domain_matched {
-            let path = slice((0, parts.path_len));
-            (domain, path)
-        } else {
-            // The quirk: the runtime's grammar rejected the host (`my_reg.com`) but accepted it
-            // as a path component, so the whole name is a path with no domain at all.
-            let name_end = parts.path_len;
-            let mut path = String::with_capacity(domain.len() + 1 + name_end);
-            path.push_str(&domain);
-            path.push('/');
-            path.push_str(&remainder[..name_end]);
-            (Cow::Borrowed(""), Cow::Owned(path))
-        };
-        Ok(Reference { domain, path, tag, digest, written_domain })
+        if parts.domain_matched {
+            let Parts { path_len: path_end, tag, digest, .. } = parts;
+            return Ok(Reference { domain, rest: remainder, path_end, tag, digest, written_domain });
+        }
+        // The quirk: the runtime's grammar rejected the host (`my_reg.com`) but accepted it as
+        // a path component, so the whole name is a path with no domain at all.
+        let shift = domain.len() + 1;
+        let mut rest = String::with_capacity(shift + remainder.len());
+        rest.push_str(&domain);
+        rest.push('/');
+        rest.push_str(&remainder);
+        let moved = |(start, end): (usize, usize)| (start + shift, end + shift);
+        Ok(Reference {
+            domain: Cow::Borrowed(""),
+            rest: Cow::Owned(rest),
+            path_end: parts.path_len + shift,
+            tag: parts.tag.map(moved),
+            digest: parts.digest.map(moved),
+            written_domain,
+        })
     }
 
     /// The registry host and optional port, in the case it was written (`docker.io` for
@@ -188,22 +186,22 @@ impl<'a> Reference<'a> {
 
     /// The repository path after the domain (`library/nginx`).
     pub fn path(&self) -> &str {
-        &self.path
+        &self.rest[..self.path_end]
     }
 
     /// `domain/path`, the repository name.
     pub fn name(&self) -> String {
-        if self.domain.is_empty() { self.path.to_string() } else { format!("{}/{}", self.domain, self.path) }
+        if self.domain.is_empty() { self.path().to_owned() } else { format!("{}/{}", self.domain, self.path()) }
     }
 
     /// The tag as written, if any.
     pub fn tag(&self) -> Option<&str> {
-        self.tag.as_deref()
+        self.tag.map(|(start, end)| &self.rest[start..end])
     }
 
     /// The digest (`sha256:...`), if any.
     pub fn digest(&self) -> Option<&str> {
-        self.digest.as_deref()
+        self.digest.map(|(start, end)| &self.rest[start..end])
     }
 
     /// No tag and no digest: the runtime pulls `:latest`.
@@ -213,7 +211,7 @@ impl<'a> Reference<'a> {
 
     /// The tag the runtime resolves, or `None` when a digest pins the image whatever the tag.
     pub fn pulled_tag(&self) -> Option<&str> {
-        match (&self.digest, &self.tag) {
+        match (self.digest, self.tag()) {
             (Some(_), _) => None,
             (None, Some(tag)) => Some(tag),
             (None, None) => Some(DEFAULT_TAG),
@@ -229,9 +227,10 @@ impl<'a> Reference<'a> {
     pub fn into_owned(self) -> Reference<'static> {
         Reference {
             domain: Cow::Owned(self.domain.into_owned()),
-            path: Cow::Owned(self.path.into_owned()),
-            tag: self.tag.map(|t| Cow::Owned(t.into_owned())),
-            digest: self.digest.map(|d| Cow::Owned(d.into_owned())),
+            rest: Cow::Owned(self.rest.into_owned()),
+            path_end: self.path_end,
+            tag: self.tag,
+            digest: self.digest,
             written_domain: self.written_domain,
         }
     }
@@ -243,14 +242,9 @@ impl fmt::Display for Reference<'_> {
         if !self.domain.is_empty() {
             write!(f, "{}/", self.domain)?;
         }
-        f.write_str(&self.path)?;
-        match (&self.tag, &self.digest) {
-            (Some(tag), _) => write!(f, ":{tag}")?,
-            (None, None) => write!(f, ":{DEFAULT_TAG}")?,
-            (None, Some(_)) => {}
-        }
-        if let Some(digest) = &self.digest {
-            write!(f, "@{digest}")?;
+        f.write_str(&self.rest)?;
+        if self.is_implicit_latest() {
+            write!(f, ":{DEFAULT_TAG}")?;
         }
         Ok(())
     }
@@ -289,9 +283,14 @@ struct Parts {
 /// string. Mirrors the runtime's regular expression, including its preference for reading the
 /// first component as a domain and its fallback to reading it as a path component.
 fn split_reference(domain: &str, remainder: &str) -> Result<Parts, Detail> {
-    if domain.bytes().chain(remainder.bytes()).any(|b| b.is_ascii_whitespace() || b.is_ascii_control()) {
-        return Err(Detail::Whitespace);
-    }
+    // Whitespace fails the grammar anyway; looking for it only on failure words the error.
+    split_grammar(domain, remainder).map_err(|detail| {
+        let blank = |b: u8| b.is_ascii_whitespace() || b.is_ascii_control();
+        if domain.bytes().chain(remainder.bytes()).any(blank) { Detail::Whitespace } else { detail }
+    })
+}
+
+fn split_grammar(domain: &str, remainder: &str) -> Result<Parts, Detail> {
     // `@` cannot occur in a name or tag, and a digest never contains one.
     let (name_tag_end, digest) = match remainder.find('@') {
         Some(at) => {
@@ -337,7 +336,12 @@ fn split_reference(domain: &str, remainder: &str) -> Result<Parts, Detail> {
 /// Go's `strings.ToLower(s) != s`: any character that lowercasing changes (the Kelvin sign and
 /// other non-ASCII capitals included, as the runtime sees them).
 fn has_uppercase(s: &str) -> bool {
-    if s.is_ascii() { s.bytes().any(|b| b.is_ascii_uppercase()) } else { s.chars().any(|c| go_lower_char(c) != c) }
+    // One pass over the bytes; characters are decoded only when a non-ASCII byte shows up.
+    match s.bytes().position(|b| b.is_ascii_uppercase() || !b.is_ascii()) {
+        None => false,
+        Some(i) if s.as_bytes()[i].is_ascii() => true,
+        Some(_) => s.chars().any(|c| go_lower_char(c) != c),
+    }
 }
 
 /// Go's `strings.ToLower`: simple, one-to-one case mapping per character.
