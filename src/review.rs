@@ -89,7 +89,8 @@ impl fmt::Display for Operation {
 /// What was decided about one review, for logs and metrics.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    /// Not checked: DELETE, CONNECT, or a subresource other than `ephemeralcontainers`.
+    /// Not checked: DELETE, CONNECT, a subresource other than `ephemeralcontainers`, or an
+    /// UPDATE of an object that is being deleted.
     Skipped,
     /// The object's containers were evaluated.
     Evaluated(Decision),
@@ -217,6 +218,11 @@ impl<'a> AdmissionRequest<'a> {
                 Err(message) => {
                     let response = AdmissionResponse::denied(&self.uid, 400, "BadRequest", message.clone());
                     (Outcome::Unreadable(message), response)
+                }
+                // An object being deleted starts nothing new; its UPDATEs remove finalizers,
+                // and denying them would leave it stuck in Terminating.
+                Ok(workload) if workload.deleting && self.operation == Operation::Update => {
+                    (Outcome::Skipped, AdmissionResponse::allowed(&self.uid, Vec::new()))
                 }
                 Ok(workload) => {
                     let namespace = self.object_namespace(&workload);
@@ -574,6 +580,18 @@ spec:
         let request = AdmissionRequest::parse(&body).unwrap();
         assert!(request.dry_run);
         assert_eq!(request.review(&snapshot(), now()).outcome.verdict(), Verdict::Deny);
+    }
+
+    #[test]
+    fn updates_of_objects_being_deleted_are_allowed_but_creates_are_not() {
+        let mut finalizing = pod_request("UPDATE", "nginx:1.25");
+        finalizing["request"]["object"]["metadata"]["deletionTimestamp"] = json!("2026-11-22T10:00:00Z");
+        let (outcome, out) = answer(&finalizing);
+        assert!(matches!(outcome, Outcome::Skipped));
+        assert_eq!(out["response"]["allowed"], true);
+        let mut create = pod_request("CREATE", "nginx:1.25");
+        create["request"]["object"]["metadata"]["deletionTimestamp"] = json!("2026-11-22T10:00:00Z");
+        assert_eq!(answer(&create).0.verdict(), Verdict::Deny);
     }
 
     #[test]

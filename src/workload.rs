@@ -82,6 +82,8 @@ pub struct Workload<'a> {
     pub name: Cow<'a, str>,
     pub generate_name: Cow<'a, str>,
     pub namespace: Option<Cow<'a, str>>,
+    /// `metadata.deletionTimestamp` is set: the object is being deleted.
+    pub deleting: bool,
     pub containers: Vec<Container<'a>>,
 }
 
@@ -120,6 +122,7 @@ impl<'a> Workload<'a> {
             name: meta.name.map(|t| t.0).unwrap_or_default(),
             generate_name: meta.generate_name.map(|t| t.0).unwrap_or_default(),
             namespace: meta.namespace.map(|t| t.0),
+            deleting: meta.deletion_timestamp.is_some(),
             containers,
         })
     }
@@ -132,6 +135,7 @@ impl<'a> Workload<'a> {
             name: own(self.name),
             generate_name: own(self.generate_name),
             namespace: self.namespace.map(own),
+            deleting: self.deleting,
             containers: self
                 .containers
                 .into_iter()
@@ -165,6 +169,8 @@ struct RawMeta<'a> {
     name: Option<Text<'a>>,
     #[serde(borrow, default)]
     generate_name: Option<Text<'a>>,
+    #[serde(default)]
+    deletion_timestamp: Option<serde::de::IgnoredAny>,
     #[serde(borrow, default)]
     namespace: Option<Text<'a>>,
 }
