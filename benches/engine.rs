@@ -81,6 +81,35 @@ fn evaluate(c: &mut Criterion) {
     group.finish();
 }
 
+/// A large multi-team cluster: 3 cluster-wide policies and 997 that each select one team
+/// namespace by `kubernetes.io/metadata.name`.
+fn namespaced(c: &mut Criterion) {
+    let policies: Vec<TrustedRegistryPolicy> = (0..1000)
+        .map(|i| {
+            let selector =
+                (i >= 3).then(|| json!({"matchLabels": {"kubernetes.io/metadata.name": format!("team-{i}")}}));
+            serde_json::from_value(json!({
+                "apiVersion": "trustgate.dev/v1alpha1", "kind": "TrustedRegistryPolicy",
+                "metadata": {"name": format!("policy-{i:04}")},
+                "spec": {"trustedRegistries": [format!("registry-{i}.internal.example"), "registry.my.com",
+                                               "ghcr.io/my-org", "*.dkr.ecr.eu-west-1.amazonaws.com"],
+                         "namespaceSelector": selector}
+            }))
+            .expect("valid policy")
+        })
+        .collect();
+    let (set, errors) = PolicySet::compile(&policies);
+    assert!(errors.is_empty());
+    let object = deployment();
+    let workload = Workload::read(None, &object).expect("workload");
+    let labels = BTreeMap::new();
+    let ns = Namespace { name: "team-500", labels: Some(&labels) };
+    let now = jiff::Timestamp::now();
+    c.bench_function("evaluate_4_container_deployment/1000_namespaced_policies", |b| {
+        b.iter(|| set.evaluate_workload(black_box(&workload), &ns, now).violations.len())
+    });
+}
+
 fn offline_path(c: &mut Criterion) {
     let text = serde_json::to_string(&deployment()).expect("json");
     let yaml = format!("apiVersion: apps/v1\nkind: Deployment\n{}", yaml_body());
@@ -107,5 +136,5 @@ fn yaml_body() -> &'static str {
     "metadata:\n  name: web\n  namespace: default\n  labels: {app: web}\nspec:\n  replicas: 3\n  selector:\n    matchLabels: {app: web}\n  template:\n    metadata:\n      labels: {app: web}\n    spec:\n      initContainers:\n      - name: migrate\n        image: registry.my.com/tools/migrate:2.0.1\n      containers:\n      - name: web\n        image: ghcr.io/my-org/web:1.4.2\n        ports: [{containerPort: 8080}]\n      - name: proxy\n        image: 123456789012.dkr.ecr.eu-west-1.amazonaws.com/envoy:1.30\n      - name: metrics\n        image: registry.my.com/obs/agent:0.9@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef\n"
 }
 
-criterion_group!(benches, normalize, evaluate, offline_path);
+criterion_group!(benches, normalize, evaluate, namespaced, offline_path);
 criterion_main!(benches);

@@ -419,12 +419,23 @@ impl CompiledPolicy {
         if self.excluded.iter().any(|n| n == namespace.name) {
             return false;
         }
-        match (&self.selector, namespace.labels) {
-            (None, _) => true,
-            // Labels not known yet (a namespace created a moment ago): apply the policy.
-            // Adding a policy may only restrict, so the safe side is to evaluate it.
-            (Some(_), None) => true,
-            (Some(selector), Some(labels)) => selector.matches(|key| namespace.label(labels, key)),
+        let Some(selector) = &self.selector else { return true };
+        selector.matches(|key| match namespace.labels {
+            Some(labels) => Known(namespace.label(labels, key)),
+            // The name label is known without the Namespace object; other labels of a
+            // namespace created a moment ago are not, and then the policy applies: adding a
+            // policy may only restrict, so the safe side is to evaluate it.
+            None if key == NAMESPACE_NAME_LABEL => Known(Some(namespace.name)),
+            None => Unknown,
+        })
+    }
+
+    /// The namespace names this policy is limited to, when its selector names them and
+    /// selects on nothing else (`kubernetes.io/metadata.name In [...]`).
+    fn named_namespaces(&self) -> Option<&[String]> {
+        match self.selector.as_ref().map(|s| s.0.as_slice()) {
+            Some([Requirement::In(key, names)]) if key == NAMESPACE_NAME_LABEL => Some(names),
+            _ => None,
         }
     }
 
@@ -582,15 +593,29 @@ impl Selector {
         self.0.is_empty()
     }
 
-    fn matches<'a>(&self, label: impl Fn(&str) -> Option<&'a str>) -> bool {
-        self.0.iter().all(|r| match r {
-            Requirement::In(k, values) => label(k).is_some_and(|v| values.iter().any(|x| x == v)),
-            Requirement::NotIn(k, values) => label(k).is_none_or(|v| values.iter().all(|x| x != v)),
-            Requirement::Exists(k) => label(k).is_some(),
-            Requirement::DoesNotExist(k) => label(k).is_none(),
+    fn matches<'a>(&self, label: impl Fn(&str) -> Label<'a>) -> bool {
+        self.0.iter().all(|r| {
+            let (key, test): (&str, &dyn Fn(Option<&str>) -> bool) = match r {
+                Requirement::In(k, values) => (k, &|v| v.is_some_and(|v| values.iter().any(|x| x == v))),
+                Requirement::NotIn(k, values) => (k, &|v| v.is_none_or(|v| values.iter().all(|x| x != v))),
+                Requirement::Exists(k) => (k, &|v| v.is_some()),
+                Requirement::DoesNotExist(k) => (k, &|v| v.is_none()),
+            };
+            match label(key) {
+                Known(value) => test(value),
+                Unknown => true,
+            }
         })
     }
 }
+
+/// A namespace label as far as it is known.
+enum Label<'a> {
+    Known(Option<&'a str>),
+    /// The namespace's labels are not known yet: any requirement on them may hold.
+    Unknown,
+}
+use Label::{Known, Unknown};
 
 /// The namespace a workload is in, with its labels when they are known.
 #[derive(Debug, Clone, Copy)]
@@ -621,6 +646,11 @@ pub struct PolicySet {
     patterns: Vec<Pattern>,
     /// For each policy, the indexes of its trusted patterns in `patterns`.
     trusted: Vec<Vec<usize>>,
+    /// Policies whose selector only names namespaces, by namespace name: with many per-team
+    /// policies, a review looks up its namespace instead of testing every selector.
+    by_namespace: std::collections::HashMap<String, Vec<usize>>,
+    /// The other policies, tested one by one.
+    scanned: Vec<usize>,
 }
 
 impl PolicySet {
@@ -644,7 +674,28 @@ impl PolicySet {
                     .collect()
             })
             .collect();
-        PolicySet { policies, patterns, trusted }
+        let mut by_namespace = std::collections::HashMap::<String, Vec<usize>>::new();
+        let mut scanned = Vec::new();
+        for (i, policy) in policies.iter().enumerate() {
+            match policy.named_namespaces() {
+                Some(names) => names.iter().for_each(|n| by_namespace.entry(n.clone()).or_default().push(i)),
+                None => scanned.push(i),
+            }
+        }
+        PolicySet { policies, patterns, trusted, by_namespace, scanned }
+    }
+
+    /// Indexes of the policies that apply in `namespace`, in policy order.
+    fn applicable(&self, namespace: &Namespace<'_>) -> Vec<usize> {
+        let mut applicable: Vec<usize> =
+            self.scanned.iter().copied().filter(|&i| self.policies[i].applies_to(namespace)).collect();
+        if let Some(named) = self.by_namespace.get(namespace.name) {
+            // A name listed twice in one selector indexes the policy twice: dedup after sorting.
+            applicable.extend(named.iter().copied().filter(|&i| self.policies[i].applies_to(namespace)));
+            applicable.sort_unstable();
+            applicable.dedup();
+        }
+        applicable
     }
 
     /// Compiles every policy; invalid ones are left out and returned as errors.
@@ -680,8 +731,7 @@ impl PolicySet {
     /// Evaluates every container against every applicable policy.
     pub fn evaluate(&self, namespace: &Namespace<'_>, containers: &[Container<'_>], now: Timestamp) -> Decision {
         let mut violations = Vec::new();
-        let applicable: Vec<usize> =
-            (0..self.policies.len()).filter(|&i| self.policies[i].applies_to(namespace)).collect();
+        let applicable = self.applicable(namespace);
         if applicable.is_empty() {
             return Decision { violations };
         }

@@ -408,3 +408,69 @@ fn shared_patterns_are_matched_per_image_and_per_policy() {
     let got: Vec<(&str, &str)> = d.violations.iter().map(|v| (&*v.policy, v.image.as_str())).collect();
     assert_eq!(got, [("a", "reg.io/y:1"), ("b", "reg.io:5000/z:1")]);
 }
+
+#[test]
+fn the_name_label_is_known_even_when_other_labels_are_not() {
+    let named = policy(
+        "named",
+        json!({
+            "trustedRegistries": ["registry.my.com"],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "payments"}}
+        }),
+    );
+    let mixed = policy(
+        "mixed",
+        json!({
+            "trustedRegistries": ["registry.my.com"],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "payments", "env": "prod"}}
+        }),
+    );
+    let set = set(&[named, mixed]);
+    let obj = deployment(&["nginx"]);
+    let policies = |ns: &str| -> Vec<String> {
+        decide(&set, &obj, ns, None).violations.iter().map(|v| v.policy.to_string()).collect()
+    };
+    assert_eq!(policies("payments"), ["mixed", "named"], "env unknown: the mixed policy applies too");
+    assert!(policies("other").is_empty(), "the name rules both policies out");
+}
+
+#[test]
+fn the_namespace_index_selects_exactly_what_a_full_scan_does() {
+    let selector = |s: Value| json!({"trustedRegistries": ["registry.my.com"], "namespaceSelector": s});
+    let policies = [
+        policy(
+            "a-named",
+            selector(
+                json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["shop", "cart", "shop"]}]}),
+            ),
+        ),
+        policy("b-label", selector(json!({"matchLabels": {"kubernetes.io/metadata.name": "cart"}}))),
+        policy("c-env", selector(json!({"matchLabels": {"env": "prod"}}))),
+        policy("d-all", json!({"trustedRegistries": ["registry.my.com"], "excludedNamespaces": ["cart"]})),
+        policy(
+            "e-named-excluded",
+            json!({"trustedRegistries": ["registry.my.com"], "excludedNamespaces": ["shop"],
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "shop"}}}),
+        ),
+        policy(
+            "f-not-in",
+            selector(
+                json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["shop"]}]}),
+            ),
+        ),
+    ];
+    let set = set(&policies);
+    assert_eq!(set.by_namespace.len(), 2, "shop and cart are indexed");
+    let prod = BTreeMap::from([("env".to_owned(), "prod".to_owned())]);
+    let empty = BTreeMap::new();
+    for name in ["shop", "cart", "other", ""] {
+        for labels in [None, Some(&empty), Some(&prod)] {
+            let ns = Namespace { name, labels };
+            let scan: Vec<usize> = (0..set.len()).filter(|&i| set.policies[i].applies_to(&ns)).collect();
+            assert_eq!(set.applicable(&ns), scan, "namespace {name:?} labels {labels:?}");
+        }
+    }
+    let shop = Namespace { name: "shop", labels: Some(&empty) };
+    let names: Vec<&str> = set.applicable(&shop).into_iter().map(|i| set.policies[i].name()).collect();
+    assert_eq!(names, ["a-named", "d-all"]);
+}
