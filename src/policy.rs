@@ -594,18 +594,31 @@ impl Selector {
     }
 
     fn matches<'a>(&self, label: impl Fn(&str) -> Label<'a>) -> bool {
-        self.0.iter().all(|r| {
-            let (key, test): (&str, &dyn Fn(Option<&str>) -> bool) = match r {
-                Requirement::In(k, values) => (k, &|v| v.is_some_and(|v| values.iter().any(|x| x == v))),
-                Requirement::NotIn(k, values) => (k, &|v| v.is_none_or(|v| values.iter().all(|x| x != v))),
-                Requirement::Exists(k) => (k, &|v| v.is_some()),
-                Requirement::DoesNotExist(k) => (k, &|v| v.is_none()),
-            };
-            match label(key) {
-                Known(value) => test(value),
-                Unknown => true,
-            }
+        self.0.iter().all(|r| match label(r.key()) {
+            Known(value) => r.holds(value),
+            Unknown => true,
         })
+    }
+}
+
+impl Requirement {
+    fn key(&self) -> &str {
+        match self {
+            Requirement::In(k, _)
+            | Requirement::NotIn(k, _)
+            | Requirement::Exists(k)
+            | Requirement::DoesNotExist(k) => k,
+        }
+    }
+
+    /// Whether a label with this value (`None`: absent) satisfies the requirement.
+    fn holds(&self, value: Option<&str>) -> bool {
+        match self {
+            Requirement::In(_, values) => value.is_some_and(|v| values.iter().any(|x| x == v)),
+            Requirement::NotIn(_, values) => value.is_none_or(|v| values.iter().all(|x| x != v)),
+            Requirement::Exists(_) => value.is_some(),
+            Requirement::DoesNotExist(_) => value.is_none(),
+        }
     }
 }
 
