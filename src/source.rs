@@ -80,47 +80,57 @@ impl FileSource {
     }
 
     /// Checks the files every `interval` until `shutdown`, publishing each good change.
-    pub async fn run(mut self, store: Arc<Store>, interval: Duration, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
+    pub async fn run(self, store: Arc<Store>, interval: Duration, shutdown: CancellationToken) {
+        let publish = move |source: &mut FileSource| match source.poll() {
+            Ok(None) => {}
+            Ok(Some(snapshot)) => {
+                log_loaded(&source.path, &snapshot);
+                store.publish(snapshot);
             }
-            let polled = tokio::task::spawn_blocking(move || {
-                let result = self.poll();
-                (self, result)
-            })
-            .await;
-            let result = match polled {
-                Ok((source, result)) => {
-                    self = source;
-                    result
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "the policy file source stopped");
-                    return;
-                }
-            };
-            match result {
-                Ok(None) => {}
-                Ok(Some(snapshot)) => {
-                    log_loaded(&self.path, &snapshot);
-                    store.publish(snapshot);
-                }
-                Err(error) => tracing::error!(
-                    path = %self.path.display(),
-                    %error,
-                    "policy files changed but do not load; still enforcing the last good policies"
-                ),
-            }
-        }
+            Err(error) => tracing::error!(
+                path = %source.path.display(),
+                %error,
+                "policy files changed but do not load; still enforcing the last good policies"
+            ),
+        };
+        poll_every(self, interval, shutdown, "the policy file source", publish).await;
     }
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+}
+
+/// Runs `check` on `state` every `interval` until `shutdown`, on a blocking thread: reading
+/// and hashing files must never stall the runtime's workers. Shared by the policy file source
+/// and the TLS certificate reloader.
+pub(crate) async fn poll_every<T, F>(state: T, interval: Duration, shutdown: CancellationToken, what: &str, check: F)
+where
+    T: Send + 'static,
+    F: FnMut(&mut T) + Send + 'static,
+{
+    let mut ticks = tokio::time::interval(interval);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    let mut carried = Some((state, check));
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = ticks.tick() => {}
+        }
+        let (mut state, mut check) = carried.take().expect("the state comes back after every check");
+        match tokio::task::spawn_blocking(move || {
+            check(&mut state);
+            (state, check)
+        })
+        .await
+        {
+            Ok(back) => carried = Some(back),
+            Err(error) => {
+                tracing::error!(%error, "{what} stopped");
+                return;
+            }
+        }
     }
 }
 
@@ -200,6 +210,42 @@ mod tests {
         // Same length, same second: only the content differs.
         std::fs::write(dir.path().join("b.yml"), policy("c", "Warn")).unwrap();
         assert_eq!(names(&source.poll().unwrap().expect("changed")), ["a", "c"]);
+    }
+
+    #[tokio::test]
+    async fn run_publishes_good_edits_keeps_the_last_good_one_and_stops_on_shutdown() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, policy("a", "Enforce")).unwrap();
+        let mut source = FileSource::new(file.clone(), SourceMetrics::default());
+        let store = Store::new();
+        store.publish(source.poll().unwrap().unwrap());
+        let shutdown = CancellationToken::new();
+        let task = tokio::spawn(source.run(store.clone(), Duration::from_millis(10), shutdown.clone()));
+        let current = |store: &Store| names(&store.load().unwrap()).iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let wait_for = |want: &'static str| {
+            let store = store.clone();
+            async move {
+                for _ in 0..500 {
+                    if current(&store) == [want] {
+                        return;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("policy {want:?} was never published; still {:?}", current(&store));
+            }
+        };
+
+        std::fs::write(&file, policy("b", "Enforce")).unwrap();
+        wait_for("b").await;
+        std::fs::write(&file, "kind: [").unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(current(&store), ["b"], "a bad edit keeps the last good policies");
+        std::fs::write(&file, policy("c", "Enforce")).unwrap();
+        wait_for("c").await;
+
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(5), task).await.expect("run returns on shutdown").unwrap();
     }
 
     #[test]

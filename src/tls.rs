@@ -222,28 +222,11 @@ impl Reloader {
     }
 
     /// Checks the files every `interval` until `shutdown`.
-    pub async fn run(mut self, interval: Duration, shutdown: CancellationToken) {
-        let mut ticks = tokio::time::interval(interval);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = ticks.tick() => {}
-            }
-            let checked = tokio::task::spawn_blocking(move || {
-                self.check();
-                self
-            })
-            .await;
-            match checked {
-                Ok(reloader) => self = reloader,
-                Err(e) => {
-                    tracing::error!(error = %e, "the TLS certificate reloader stopped");
-                    return;
-                }
-            }
-        }
+    pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
+        crate::source::poll_every(self, interval, shutdown, "the TLS certificate reloader", |reloader: &mut Self| {
+            reloader.check();
+        })
+        .await;
     }
 }
 
