@@ -69,21 +69,6 @@ pub enum CheckError {
     Unreadable(#[from] UnreadableObject),
 }
 
-/// Evaluates every document against `policies`. Objects without `metadata.namespace` are in
-/// `default_namespace`; Namespace objects among the documents supply labels.
-pub fn check(
-    policies: &PolicySet,
-    documents: &[Document],
-    default_namespace: &str,
-    now: Timestamp,
-) -> Result<Report, UnreadableObject> {
-    let mut checker = Checker::default();
-    for doc in documents {
-        checker.add(doc)?;
-    }
-    Ok(checker.finish(policies, default_namespace, now))
-}
-
 /// Collects objects one document at a time, keeping only what evaluation needs (a Namespace
 /// may come after the objects it labels, so evaluation waits for the last document).
 #[derive(Default)]
@@ -127,7 +112,7 @@ impl Checker {
             report.objects.push(ObjectReport {
                 kind: workload.kind.to_string(),
                 namespace: namespace.to_owned(),
-                name: subject_name(&subject),
+                name: subject.display_name().into_owned(),
                 source,
                 decision: verdict,
                 denial: decision.denial(&subject),
@@ -137,14 +122,6 @@ impl Checker {
         }
         report.summary.objects = report.objects.len();
         report
-    }
-}
-
-fn subject_name(subject: &Subject<'_>) -> String {
-    match (subject.name, subject.generate_name) {
-        ("", "") => String::new(),
-        ("", prefix) => format!("{prefix}*"),
-        (name, _) => name.to_owned(),
     }
 }
 
@@ -165,6 +142,19 @@ mod tests {
     use super::*;
     use crate::manifest;
     use crate::policy::Mode;
+
+    fn check(
+        policies: &PolicySet,
+        documents: &[Document],
+        default_namespace: &str,
+        now: Timestamp,
+    ) -> Result<Report, UnreadableObject> {
+        let mut checker = Checker::default();
+        for doc in documents {
+            checker.add(doc)?;
+        }
+        Ok(checker.finish(policies, default_namespace, now))
+    }
 
     fn policies(yaml: &str) -> PolicySet {
         let (set, errors) = PolicySet::compile(&manifest::parse_policies("p.yaml", yaml).unwrap());

@@ -97,12 +97,20 @@ pub fn each_in_paths<E: From<ManifestError>>(
             continue;
         }
         for file in files(path)? {
-            let name = file.display().to_string();
-            let text = fs::read_to_string(&file).map_err(|source| ManifestError::Io { path: name.clone(), source })?;
+            let (name, text) = read_text(&file)?;
             each_document(&name, &text, &mut f)?;
         }
     }
     Ok(())
+}
+
+/// A file's display name and text.
+fn read_text(file: &Path) -> Result<(String, String), ManifestError> {
+    let name = file.display().to_string();
+    match fs::read_to_string(file) {
+        Ok(text) => Ok((name, text)),
+        Err(source) => Err(ManifestError::Io { path: name, source }),
+    }
 }
 
 /// Parses a stream of YAML documents (or one JSON document), expanding `List` objects.
@@ -220,8 +228,7 @@ pub fn read_policies(paths: &[PathBuf]) -> Result<Vec<(String, TrustedRegistryPo
     let mut out = Vec::new();
     for path in paths {
         for file in files(path)? {
-            let name = file.display().to_string();
-            let text = fs::read_to_string(&file).map_err(|source| ManifestError::Io { path: name.clone(), source })?;
+            let (name, text) = read_text(&file)?;
             out.extend(parse_policies(&name, &text)?.into_iter().map(|p| (name.clone(), p)));
         }
     }

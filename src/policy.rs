@@ -868,13 +868,23 @@ impl<'a> Subject<'a> {
     }
 }
 
+impl Subject<'_> {
+    /// The object's name, or `prefix*` for an object created with `generateName`; empty when
+    /// it has neither.
+    pub fn display_name(&self) -> std::borrow::Cow<'_, str> {
+        match (self.name, self.generate_name) {
+            ("", "") => "".into(),
+            ("", prefix) => format!("{prefix}*").into(),
+            (name, _) => name.into(),
+        }
+    }
+}
+
 impl fmt::Display for Subject<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}/", self.kind, self.namespace)?;
-        match (self.name, self.generate_name) {
-            ("", "") => f.write_str("<unnamed>"),
-            ("", prefix) => write!(f, "{prefix}*"),
-            (name, _) => f.write_str(name),
+        match self.display_name() {
+            name if name.is_empty() => write!(f, "{} {}/<unnamed>", self.kind, self.namespace),
+            name => write!(f, "{} {}/{name}", self.kind, self.namespace),
         }
     }
 }

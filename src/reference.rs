@@ -174,16 +174,6 @@ impl<'a> Reference<'a> {
         &self.domain
     }
 
-    /// The host part of [`Self::domain`], without the port (`[fd00::1]` keeps its brackets).
-    pub fn host(&self) -> &str {
-        split_port(&self.domain).0
-    }
-
-    /// The port part of [`Self::domain`], if one is written.
-    pub fn port(&self) -> Option<&str> {
-        split_port(&self.domain).1
-    }
-
     /// The repository path after the domain (`library/nginx`).
     pub fn path(&self) -> &str {
         &self.rest[..self.path_end]
@@ -221,18 +211,6 @@ impl<'a> Reference<'a> {
     /// Whether the input named a registry host (false for `nginx`, `myorg/app`).
     pub fn has_written_domain(&self) -> bool {
         self.written_domain
-    }
-
-    /// Detaches the reference from its input.
-    pub fn into_owned(self) -> Reference<'static> {
-        Reference {
-            domain: Cow::Owned(self.domain.into_owned()),
-            rest: Cow::Owned(self.rest.into_owned()),
-            path_end: self.path_end,
-            tag: self.tag,
-            digest: self.digest,
-            written_domain: self.written_domain,
-        }
     }
 }
 

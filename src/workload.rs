@@ -143,11 +143,6 @@ impl<'a> Workload<'a> {
                 .collect(),
         }
     }
-
-    /// Whether the object carries a pod spec at all.
-    pub fn has_pod_spec(&self) -> bool {
-        !self.containers.is_empty()
-    }
 }
 
 #[derive(Deserialize)]
