@@ -6,10 +6,11 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
-use trustgate::manifest;
-use trustgate::policy::{Namespace, PolicySet, TrustedRegistryPolicy};
-use trustgate::reference::Reference;
-use trustgate::workload::Workload;
+use trustgate::api::TrustedRegistryPolicy;
+use trustgate::api::manifest;
+use trustgate::engine::reference::Reference;
+use trustgate::engine::workload::Workload;
+use trustgate::engine::{Namespace, PolicySet};
 
 fn policies(n: usize) -> PolicySet {
     let policies: Vec<TrustedRegistryPolicy> = (0..n)

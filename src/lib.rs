@@ -1,25 +1,11 @@
 //! trustgate: admit only container images from trusted registries.
 //!
-//! The pure core (`reference`, `pattern`, `policy`, `workload`, `review`) has no I/O; the
-//! server, the Kubernetes watchers and the CLI are thin shells around it.
+//! The folders are the layers. `engine` is pure (no I/O, no tokio, hyper or kube) and `api` is
+//! what users write; `admission` and `cluster` are thin I/O shells around them, and `cli`
+//! wires everything into the `trustgate` binary. No module imports from a layer above it.
 
-pub mod admin;
-pub mod audit;
-pub mod check;
+pub mod admission;
+pub mod api;
 pub mod cli;
-pub mod index;
-pub mod lease;
-pub mod manifest;
-pub mod metrics;
-pub mod pattern;
-pub mod policy;
-pub mod reference;
-pub mod review;
-pub mod serve;
-pub mod server;
-pub mod source;
-pub mod state;
-pub mod status;
-pub mod tls;
-pub mod watch;
-pub mod workload;
+pub mod cluster;
+pub mod engine;

@@ -118,7 +118,7 @@ fn time(s: &str) -> Timestamp {
 mod lease {
     use super::*;
     use tokio::time::Instant;
-    use trustgate::lease::{Elector, LeaseConfig};
+    use trustgate::cluster::lease::{Elector, LeaseConfig};
 
     const URL: &str = "/apis/coordination.k8s.io/v1/namespaces/trustgate-system/leases/trustgate";
     const COLLECTION: &str = "/apis/coordination.k8s.io/v1/namespaces/trustgate-system/leases";
@@ -337,9 +337,10 @@ mod lease {
 
 mod audit {
     use super::*;
-    use trustgate::audit;
-    use trustgate::policy::{PolicySet, TrustedRegistryPolicy};
-    use trustgate::state::Snapshot;
+    use trustgate::api::TrustedRegistryPolicy;
+    use trustgate::cluster::audit;
+    use trustgate::engine::PolicySet;
+    use trustgate::engine::snapshot::Snapshot;
 
     fn pod(name: &str, image: &str, owner: Option<&str>) -> Value {
         let owners: Vec<Value> = owner
@@ -434,10 +435,10 @@ mod audit {
 mod source {
     use super::*;
     use tokio_util::sync::CancellationToken;
-    use trustgate::policy::Verdict;
-    use trustgate::state::Store;
-    use trustgate::watch::{KubeSource, WatchConfig};
-    use trustgate::workload::Workload;
+    use trustgate::cluster::watch::{KubeSource, WatchConfig};
+    use trustgate::engine::Verdict;
+    use trustgate::engine::snapshot::Store;
+    use trustgate::engine::workload::Workload;
 
     const POLICIES: &str = "/apis/trustgate.dev/v1alpha1/trustedregistrypolicies";
     const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/trustgate-system/leases/trustgate";

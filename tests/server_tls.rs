@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use tokio_util::sync::CancellationToken;
-use trustgate::metrics::{self, TlsMetrics};
-use trustgate::server::Limits;
-use trustgate::state::Store;
-use trustgate::tls::{CertificateFiles, Reloader};
+use trustgate::admission::metrics::{self, TlsMetrics};
+use trustgate::admission::server::Limits;
+use trustgate::admission::tls::{CertificateFiles, Reloader};
+use trustgate::engine::snapshot::Store;
 
 use support::*;
 

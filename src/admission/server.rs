@@ -1,6 +1,6 @@
 //! The HTTPS admission server: TLS listener, HTTP/1.1 and HTTP/2 (by ALPN), routing, limits,
 //! timeouts, a connection cap and graceful drain. A thin shell: every decision is made by the
-//! pure [`crate::review`] functions on the current [`Snapshot`](crate::state::Snapshot).
+//! pure [`crate::admission::review`] functions on the current [`Snapshot`](crate::engine::snapshot::Snapshot).
 //!
 //! The hot path reads the store once per request, never holds a lock across an `.await`, and
 //! never waits on a policy source or on disk.
@@ -26,10 +26,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::field::{Empty, Field, Value};
 
-use crate::metrics::{AdmissionMetrics, Endpoint};
-use crate::policy::{Verdict, Violation};
-use crate::review::{AdmissionRequest, ImageRequest, Outcome};
-use crate::state::Store;
+use crate::admission::metrics::{AdmissionMetrics, Endpoint};
+use crate::admission::review::{AdmissionRequest, ImageRequest, Outcome};
+use crate::engine::snapshot::Store;
+use crate::engine::{Verdict, Violation};
 
 /// Request bodies above this size are refused with 413.
 pub const MAX_BODY: usize = 4 * 1024 * 1024;
@@ -133,7 +133,7 @@ impl Admission {
     fn validate(
         &self,
         body: &[u8],
-        review: impl FnOnce(&AdmissionRequest<'_>) -> crate::review::Answer,
+        review: impl FnOnce(&AdmissionRequest<'_>) -> crate::admission::review::Answer,
         started: Instant,
     ) -> Response<Body> {
         let span = tracing::info_span!(
@@ -185,7 +185,7 @@ impl Admission {
     fn image_review(
         &self,
         body: &[u8],
-        review: impl FnOnce(&ImageRequest<'_>) -> crate::review::Answer,
+        review: impl FnOnce(&ImageRequest<'_>) -> crate::admission::review::Answer,
         started: Instant,
     ) -> Response<Body> {
         let span = tracing::info_span!(

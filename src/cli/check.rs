@@ -6,9 +6,9 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::manifest::Document;
-use crate::policy::{Namespace, PolicySet, Subject, Verdict, Violation};
-use crate::workload::Workload;
+use crate::api::manifest::Document;
+use crate::engine::workload::Workload;
+use crate::engine::{Namespace, PolicySet, Subject, Verdict, Violation};
 
 /// The JSON document `check --output json` prints.
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -64,7 +64,7 @@ pub struct UnreadableObject {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckError {
     #[error(transparent)]
-    Manifest(#[from] crate::manifest::ManifestError),
+    Manifest(#[from] crate::api::manifest::ManifestError),
     #[error(transparent)]
     Unreadable(#[from] UnreadableObject),
 }
@@ -140,8 +140,8 @@ fn namespace_labels(doc: &Document) -> Option<(String, BTreeMap<String, String>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest;
-    use crate::policy::Mode;
+    use crate::api::Mode;
+    use crate::api::manifest;
 
     fn check(
         policies: &PolicySet,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::policy::{API_VERSION, TrustedRegistryPolicy};
+use crate::api::{API_VERSION, TrustedRegistryPolicy};
 
 /// File endings read from directories.
 const EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];

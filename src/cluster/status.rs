@@ -8,8 +8,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
 
-use crate::index::PolicyEntry;
-use crate::policy::{AuditStatus, TrustedRegistryPolicyStatus};
+use crate::api::{AuditStatus, TrustedRegistryPolicyStatus};
+use crate::cluster::index::PolicyEntry;
 
 /// The condition type trustgate owns.
 pub const READY: &str = "Ready";
@@ -100,8 +100,8 @@ pub fn audit_patch(audit: &AuditStatus) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::PolicyObject;
-    use crate::policy::AuditSample;
+    use crate::api::AuditSample;
+    use crate::cluster::index::PolicyObject;
 
     fn entry(generation: i64, spec: Value) -> PolicyEntry {
         let object: PolicyObject =

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::state::Store;
+use crate::engine::snapshot::Store;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
@@ -65,7 +65,7 @@ impl Admin {
     }
 
     fn metrics(&self) -> Response<Full<Bytes>> {
-        match crate::metrics::encode(&self.registry) {
+        match crate::admission::metrics::encode(&self.registry) {
             Ok(body) => {
                 let mut response = Response::new(Full::new(Bytes::from(body)));
                 response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(OPENMETRICS));
@@ -130,7 +130,7 @@ pub async fn serve(listener: TcpListener, admin: Arc<Admin>, shutdown: Cancellat
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Snapshot;
+    use crate::engine::snapshot::Snapshot;
 
     fn get(admin: &Admin, method: Method, path: &str) -> (StatusCode, String) {
         let request = Request::builder().method(method).uri(path).body(()).unwrap();
@@ -150,8 +150,8 @@ mod tests {
     #[test]
     fn readiness_follows_the_store() {
         let store = Store::new();
-        let mut registry = crate::metrics::registry();
-        crate::metrics::SnapshotCollector::register(&mut registry, store.clone());
+        let mut registry = crate::admission::metrics::registry();
+        crate::admission::metrics::SnapshotCollector::register(&mut registry, store.clone());
         let admin = Admin::new(store.clone(), registry);
         assert_eq!(get(&admin, Method::GET, "/livez"), (StatusCode::OK, "ok\n".into()));
         let (status, body) = get(&admin, Method::GET, "/readyz");
@@ -168,8 +168,8 @@ mod tests {
     #[test]
     fn metrics_are_openmetrics_and_unknown_routes_fail() {
         let store = Store::new();
-        let mut registry = crate::metrics::registry();
-        crate::metrics::SnapshotCollector::register(&mut registry, store.clone());
+        let mut registry = crate::admission::metrics::registry();
+        crate::admission::metrics::SnapshotCollector::register(&mut registry, store.clone());
         let admin = Admin::new(store, registry);
         let request = Request::builder().uri("/metrics").body(()).unwrap();
         let response = admin.handle(&request);

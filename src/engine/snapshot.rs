@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use arc_swap::ArcSwapOption;
 
-use crate::policy::{Namespace, PolicySet};
+use crate::engine::{Namespace, PolicySet};
 
 /// Labels of every known namespace, by name.
 pub type NamespaceLabels = HashMap<String, BTreeMap<String, String>>;

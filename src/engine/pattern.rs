@@ -11,7 +11,7 @@ use std::fmt;
 use std::net::Ipv6Addr;
 use std::str::FromStr;
 
-use crate::reference::{self, DOCKER_HUB, LEGACY_DOCKER_HUB, Reference};
+use crate::engine::reference::{self, DOCKER_HUB, LEGACY_DOCKER_HUB, Reference};
 
 /// The longest pattern accepted; the CRD schema enforces the same bound.
 pub const MAX_PATTERN_LEN: usize = 255;

@@ -14,10 +14,11 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::manifest::{self, ManifestError};
-use crate::metrics::SourceMetrics;
-use crate::policy::{Mode, PolicyError, PolicySet, TrustedRegistryPolicy};
-use crate::state::{Snapshot, Store};
+use crate::admission::metrics::SourceMetrics;
+use crate::api::manifest::{self, ManifestError};
+use crate::api::{Mode, TrustedRegistryPolicy};
+use crate::engine::snapshot::{Snapshot, Store};
+use crate::engine::{PolicyError, PolicySet};
 
 /// Why the policy files could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -93,44 +94,11 @@ impl FileSource {
                 "policy files changed but do not load; still enforcing the last good policies"
             ),
         };
-        poll_every(self, interval, shutdown, "the policy file source", publish).await;
+        crate::admission::poll::poll_every(self, interval, shutdown, "the policy file source", publish).await;
     }
 
     pub fn path(&self) -> &Path {
         &self.path
-    }
-}
-
-/// Runs `check` on `state` every `interval` until `shutdown`, on a blocking thread: reading
-/// and hashing files must never stall the runtime's workers. Shared by the policy file source
-/// and the TLS certificate reloader.
-pub(crate) async fn poll_every<T, F>(state: T, interval: Duration, shutdown: CancellationToken, what: &str, check: F)
-where
-    T: Send + 'static,
-    F: FnMut(&mut T) + Send + 'static,
-{
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    let mut carried = Some((state, check));
-    loop {
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            _ = ticks.tick() => {}
-        }
-        let (mut state, mut check) = carried.take().expect("the state comes back after every check");
-        match tokio::task::spawn_blocking(move || {
-            check(&mut state);
-            (state, check)
-        })
-        .await
-        {
-            Ok(back) => carried = Some(back),
-            Err(error) => {
-                tracing::error!(%error, "{what} stopped");
-                return;
-            }
-        }
     }
 }
 

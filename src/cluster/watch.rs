@@ -6,10 +6,10 @@
 //!   backoff. Each change that admission would notice publishes a new snapshot, the first one
 //!   once both initial lists are in. Errors only delay: the last snapshot stays in place, so
 //!   admission never waits on the API server.
-//! - **lease**: leader election ([`crate::lease`]).
+//! - **lease**: leader election ([`crate::cluster::lease`]).
 //! - **status**: while leading, writes `observedGeneration` and `Ready` of each policy whose
-//!   status does not already say it ([`crate::status`]).
-//! - **audit**: while leading, every `audit_interval`, [`crate::audit::run`] and a write of each
+//!   status does not already say it ([`crate::cluster::status`]).
+//! - **audit**: while leading, every `audit_interval`, [`crate::cluster::audit::run`] and a write of each
 //!   policy's `status.audit`.
 
 use std::collections::{HashMap, HashSet};
@@ -34,11 +34,11 @@ use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::audit;
-use crate::index::{Index, PolicyEntry, PolicyObject};
-use crate::lease::{Elector, LeaseConfig};
-use crate::state::Store;
-use crate::status::{self, ReadyStatus};
+use crate::cluster::audit;
+use crate::cluster::index::{Index, PolicyEntry, PolicyObject};
+use crate::cluster::lease::{Elector, LeaseConfig};
+use crate::cluster::status::{self, ReadyStatus};
+use crate::engine::snapshot::Store;
 
 /// The field manager of every write.
 pub const FIELD_MANAGER: &str = "trustgate";

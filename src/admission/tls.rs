@@ -12,7 +12,6 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use rustls::crypto::CryptoProvider;
@@ -20,9 +19,8 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_util::sync::CancellationToken;
 
-use crate::metrics::TlsMetrics;
+use crate::admission::metrics::TlsMetrics;
 
 /// ALPN protocols offered, in order of preference.
 const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
@@ -222,10 +220,16 @@ impl Reloader {
     }
 
     /// Checks the files every `interval` until `shutdown`.
-    pub async fn run(self, interval: Duration, shutdown: CancellationToken) {
-        crate::source::poll_every(self, interval, shutdown, "the TLS certificate reloader", |reloader: &mut Self| {
-            reloader.check();
-        })
+    pub async fn run(self, interval: std::time::Duration, shutdown: tokio_util::sync::CancellationToken) {
+        crate::admission::poll::poll_every(
+            self,
+            interval,
+            shutdown,
+            "the TLS certificate reloader",
+            |reloader: &mut Self| {
+                reloader.check();
+            },
+        )
         .await;
     }
 }

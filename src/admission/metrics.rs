@@ -16,8 +16,10 @@ use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::policy::{Mode, Verdict};
-use crate::state::Store;
+use crate::api::Mode;
+
+use crate::engine::Verdict;
+use crate::engine::snapshot::Store;
 
 /// The root registry every subsystem registers into.
 pub fn registry() -> Registry {
@@ -291,7 +293,7 @@ pub fn encode(registry: &Registry) -> Result<String, std::fmt::Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::state::Snapshot;
+    use crate::engine::snapshot::Snapshot;
 
     #[test]
     fn kinds_and_operations_outside_the_known_sets_are_other() {
@@ -330,8 +332,8 @@ mod tests {
         assert!(!text.contains("trustgate_policies"), "{text}");
 
         let yaml = "apiVersion: trustgate.dev/v1alpha1\nkind: TrustedRegistryPolicy\nmetadata: {name: a}\nspec: {mode: Warn, trustedRegistries: [r.io]}\n";
-        let policies = crate::manifest::parse_policies("p.yaml", yaml).unwrap();
-        let (set, errors) = crate::policy::PolicySet::compile(&policies);
+        let policies = crate::api::manifest::parse_policies("p.yaml", yaml).unwrap();
+        let (set, errors) = crate::engine::PolicySet::compile(&policies);
         assert!(errors.is_empty());
         store.publish(Snapshot { policies: set, namespaces: None });
         let text = encode(&registry).unwrap();

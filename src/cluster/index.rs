@@ -21,10 +21,10 @@ use kube::runtime::watcher::Event;
 use kube::{Resource, ResourceExt};
 use serde::{Deserialize, Deserializer};
 
-use crate::policy::{
-    CompiledPolicy, PolicySet, TrustedRegistryPolicy, TrustedRegistryPolicySpec, TrustedRegistryPolicyStatus,
-};
-use crate::state::{NamespaceLabels, Snapshot};
+use crate::api::{TrustedRegistryPolicy, TrustedRegistryPolicySpec, TrustedRegistryPolicyStatus};
+
+use crate::engine::snapshot::{NamespaceLabels, Snapshot};
+use crate::engine::{CompiledPolicy, PolicySet};
 
 /// A TrustedRegistryPolicy as the watcher reads it: its spec when the spec deserializes, the
 /// error when it does not, and its metadata and status either way.
@@ -286,8 +286,9 @@ fn namespace_labels(ns: PartialObjectMeta<Namespace>) -> (String, BTreeMap<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{Mode, Verdict};
-    use crate::workload::Workload;
+    use crate::api::Mode;
+    use crate::engine::Verdict;
+    use crate::engine::workload::Workload;
     use serde_json::{Value, json};
 
     fn policy(name: &str, generation: i64, spec: Value) -> PolicyObject {

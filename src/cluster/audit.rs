@@ -16,9 +16,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 
-use crate::policy::{AuditSample, AuditStatus};
-use crate::state::Snapshot;
-use crate::workload::{ContainerList, Workload};
+use crate::api::{AuditSample, AuditStatus};
+use crate::engine::snapshot::Snapshot;
+use crate::engine::workload::{ContainerList, Workload};
 
 /// At most this many samples are kept per policy.
 pub const MAX_SAMPLES: usize = 20;
@@ -241,8 +241,9 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::{PolicySet, TrustedRegistryPolicy};
-    use crate::state::NamespaceLabels;
+    use crate::api::TrustedRegistryPolicy;
+    use crate::engine::PolicySet;
+    use crate::engine::snapshot::NamespaceLabels;
     use serde_json::{Value, json};
 
     fn snapshot(policies: Value) -> Snapshot {

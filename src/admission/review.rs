@@ -14,9 +14,11 @@ use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::policy::{Decision, Mode, Subject, Verdict, Violation};
-use crate::state::Snapshot;
-use crate::workload::{Container, ContainerList, FieldPath, SpecPath, Workload};
+use crate::api::Mode;
+
+use crate::engine::snapshot::Snapshot;
+use crate::engine::workload::{Container, ContainerList, FieldPath, SpecPath, Workload};
+use crate::engine::{Decision, Subject, Verdict, Violation};
 
 /// `apiVersion` of the AdmissionReviews trustgate answers.
 pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
@@ -458,7 +460,7 @@ struct ImageReviewStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::PolicySet;
+    use crate::engine::PolicySet;
     use serde_json::{Value, json};
 
     const POLICIES: &str = r#"
@@ -479,7 +481,7 @@ spec:
 "#;
 
     fn snapshot() -> Snapshot {
-        let policies = crate::manifest::parse_policies("p.yaml", POLICIES).unwrap();
+        let policies = crate::api::manifest::parse_policies("p.yaml", POLICIES).unwrap();
         let (policies, errors) = PolicySet::compile(&policies);
         assert!(errors.is_empty(), "{errors:?}");
         Snapshot { policies, namespaces: None }

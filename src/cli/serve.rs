@@ -18,12 +18,12 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::admin::{self, Admin};
-use crate::metrics::{self, AdmissionMetrics, SnapshotCollector, SourceMetrics, TlsMetrics};
-use crate::server::{self, Admission, Limits};
-use crate::source::{self, FileSource};
-use crate::state::Store;
-use crate::tls::{CertificateFiles, Credentials, Reloader, SelfSigned};
+use crate::admission::admin::{self, Admin};
+use crate::admission::metrics::{self, AdmissionMetrics, SnapshotCollector, SourceMetrics, TlsMetrics};
+use crate::admission::server::{self, Admission, Limits};
+use crate::admission::tls::{CertificateFiles, Credentials, Reloader, SelfSigned};
+use crate::cluster::file_source::{self, FileSource};
+use crate::engine::snapshot::Store;
 
 /// Where policies come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -246,19 +246,19 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
                 .poll()
                 .with_context(|| format!("cannot load policies from {}", source.path().display()))?
                 .expect("the first poll of a file source always loads");
-            source::log_loaded(source.path(), &snapshot);
+            file_source::log_loaded(source.path(), &snapshot);
             store.publish(snapshot);
             tokio::spawn(source.run(store.clone(), args.policy_reload_interval, shutdown.clone()));
         }
         PolicySource::Kubernetes => {
             let client = kube::Client::try_default().await.context("cannot configure the Kubernetes client")?;
-            let config = crate::watch::WatchConfig {
+            let config = crate::cluster::watch::WatchConfig {
                 lease_namespace: args.lease_namespace.clone(),
                 lease_name: args.lease_name.clone(),
                 identity: args.identity(),
                 audit_interval: args.audit_interval,
             };
-            let source = crate::watch::KubeSource::new(config, &mut registry);
+            let source = crate::cluster::watch::KubeSource::new(config, &mut registry);
             let (store, shutdown) = (store.clone(), shutdown.clone());
             source_task = Some(tokio::spawn(async move {
                 if let Err(error) = source.run(client, store, shutdown).await {

@@ -1,0 +1,14 @@
+//! What users write and read back: the TrustedRegistryPolicy CRD types, their status, the
+//! generated CRD, and the reading of manifests (YAML/JSON documents). Imports no runtime.
+
+pub mod crd;
+pub mod manifest;
+mod policy;
+mod status;
+
+pub use crd::{crd, crd_yaml};
+pub use policy::{
+    API_VERSION, Exception, GROUP, Mode, RegistryPattern, TagRules, TrustedRegistryPolicy, TrustedRegistryPolicySpec,
+    UnqualifiedImages, VERSION,
+};
+pub use status::{AuditSample, AuditStatus, TrustedRegistryPolicyStatus};

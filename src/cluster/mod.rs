@@ -1,0 +1,10 @@
+//! Where policies come from and what the leader writes back: kube-rs watchers feeding a pure
+//! `index`, the file source, policy status, the Lease and the audit. Imports `engine`, `api`,
+//! and the process plumbing of `admission` (`metrics`, `poll`); never the admission server.
+
+pub mod audit;
+pub mod file_source;
+pub mod index;
+pub mod lease;
+pub mod status;
+pub mod watch;
