@@ -27,6 +27,10 @@ pub enum SourceError {
     Manifest(#[from] ManifestError),
     #[error("{file}: {error}")]
     Invalid { file: String, error: PolicyError },
+    #[error(
+        "{file} holds no policy; an empty policy file is never loaded, since it may be half written: delete the file to remove its policies"
+    )]
+    Empty { file: String },
     #[error("policy {name:?} is defined twice: in {first} and in {second}")]
     Duplicate { name: String, first: String, second: String },
 }
@@ -48,10 +52,15 @@ impl FileSource {
     /// change. Blocking file I/O.
     pub fn poll(&mut self) -> Result<Option<Snapshot>, SourceError> {
         let files = self.read()?;
-        let mut hasher = DefaultHasher::new();
-        files.hash(&mut hasher);
-        let hash = hasher.finish();
+        let hash = hash_of(&files);
         if self.seen == Some(hash) {
+            return Ok(None);
+        }
+        // A file being written may be read between two of the writer's writes; a truncated
+        // multi-document file would silently drop policies. Act only on contents that read the
+        // same twice, and try again at the next poll otherwise.
+        std::thread::sleep(SETTLE);
+        if hash_of(&self.read()?) != hash {
             return Ok(None);
         }
         self.seen = Some(hash);
@@ -122,11 +131,24 @@ fn is_hidden(relative: &Path) -> bool {
     relative.components().any(|c| matches!(c, Component::Normal(name) if name.to_string_lossy().starts_with('.')))
 }
 
+/// How long contents must stay the same before a change is loaded.
+const SETTLE: Duration = Duration::from_millis(20);
+
+fn hash_of(files: &[(String, String)]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    files.hash(&mut hasher);
+    hasher.finish()
+}
+
 /// Parses and compiles every policy; any problem rejects the whole set.
 fn compile(files: &[(String, String)]) -> Result<Snapshot, SourceError> {
     let mut policies: Vec<(&str, TrustedRegistryPolicy)> = Vec::new();
     for (name, text) in files {
-        policies.extend(manifest::parse_policies(name, text)?.into_iter().map(|p| (name.as_str(), p)));
+        let parsed = manifest::parse_policies(name, text)?;
+        if parsed.is_empty() {
+            return Err(SourceError::Empty { file: name.clone() });
+        }
+        policies.extend(parsed.into_iter().map(|p| (name.as_str(), p)));
     }
     let mut defined: HashMap<&str, &str> = HashMap::new();
     for (file, policy) in &policies {
@@ -214,6 +236,23 @@ mod tests {
 
         shutdown.cancel();
         tokio::time::timeout(Duration::from_secs(5), task).await.expect("run returns on shutdown").unwrap();
+    }
+
+    #[test]
+    fn an_empty_file_is_rejected_and_a_settled_edit_is_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, policy("a", "Enforce")).unwrap();
+        let mut source = FileSource::new(dir.path().to_owned(), SourceMetrics::default());
+        source.poll().unwrap().unwrap();
+
+        // What a reader sees between the truncation and the write of `fs::write`.
+        std::fs::write(&file, "").unwrap();
+        assert!(matches!(source.poll(), Err(SourceError::Empty { file }) if file.ends_with("p.yaml")));
+        std::fs::write(&file, "# only a comment\n").unwrap();
+        assert!(matches!(source.poll(), Err(SourceError::Empty { .. })));
+        std::fs::write(&file, policy("b", "Enforce")).unwrap();
+        assert_eq!(names(&source.poll().unwrap().expect("a finished write loads")), ["b"]);
     }
 
     #[test]
