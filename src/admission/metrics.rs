@@ -28,7 +28,7 @@ pub fn registry() -> Registry {
 
 /// The two review endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     /// `POST /validate`: AdmissionReview.
     Validate,
     /// `POST /imagereview`: ImageReview.
@@ -133,13 +133,13 @@ impl AdmissionMetrics {
     }
 
     /// Counts a request as in flight until the returned guard is dropped.
-    pub fn in_flight(&self) -> InFlightRequest {
+    pub(crate) fn in_flight(&self) -> InFlightRequest {
         self.in_flight.inc();
         InFlightRequest(self.in_flight.clone())
     }
 
     /// Counts one answered review and its latency.
-    pub fn decided(&self, endpoint: Endpoint, kind: &str, operation: &str, verdict: Verdict, elapsed: Duration) {
+    pub(crate) fn decided(&self, endpoint: Endpoint, kind: &str, operation: &str, verdict: Verdict, elapsed: Duration) {
         let labels = DecisionLabels {
             endpoint: endpoint.as_str(),
             kind: bounded(kind, &KNOWN_KINDS),
@@ -158,7 +158,7 @@ impl AdmissionMetrics {
 
 /// A request in flight; dropping it (answered or abandoned) counts it out.
 #[derive(Debug)]
-pub struct InFlightRequest(Gauge);
+pub(crate) struct InFlightRequest(Gauge);
 
 impl Drop for InFlightRequest {
     fn drop(&mut self) {
@@ -168,7 +168,7 @@ impl Drop for InFlightRequest {
 
 /// Policy source metrics (`trustgate_policy_source_*`), shared by the file source.
 #[derive(Clone, Debug, Default)]
-pub struct SourceMetrics {
+pub(crate) struct SourceMetrics {
     reloads: Family<ResultLabels, Counter>,
     healthy: Gauge,
     last_success: Gauge,

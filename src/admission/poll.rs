@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 /// Runs `check` on `state` every `interval` until `shutdown`, on a blocking thread: reading
 /// and hashing files must never stall the runtime's workers. Shared by the policy file source
 /// and the TLS certificate reloader.
-pub async fn poll_every<T, F>(state: T, interval: Duration, shutdown: CancellationToken, what: &str, check: F)
+pub(crate) async fn poll_every<T, F>(state: T, interval: Duration, shutdown: CancellationToken, what: &str, check: F)
 where
     T: Send + 'static,
     F: FnMut(&mut T) + Send + 'static,

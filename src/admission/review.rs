@@ -21,19 +21,19 @@ use crate::engine::workload::{Container, ContainerList, FieldPath, SpecPath, Wor
 use crate::engine::{Decision, Subject, Verdict, Violation};
 
 /// `apiVersion` of the AdmissionReviews trustgate answers.
-pub const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
+pub(crate) const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
 /// `apiVersion` of ImageReviews.
-pub const IMAGE_REVIEW_API_VERSION: &str = "imagepolicy.k8s.io/v1alpha1";
+pub(crate) const IMAGE_REVIEW_API_VERSION: &str = "imagepolicy.k8s.io/v1alpha1";
 const ADMISSION_KIND: &str = "AdmissionReview";
 const IMAGE_REVIEW_KIND: &str = "ImageReview";
 /// The only subresource whose requests carry images to check (`kubectl debug`).
 const EPHEMERAL_CONTAINERS: &str = "ephemeralcontainers";
 /// The ImageReview audit annotation that carries Warn violations.
-pub const WARNINGS_ANNOTATION: &str = "trustgate-warnings";
+pub(crate) const WARNINGS_ANNOTATION: &str = "trustgate-warnings";
 
 /// Why a request body is not a review trustgate can answer (HTTP 400).
 #[derive(Debug, thiserror::Error)]
-pub enum ReviewError {
+pub(crate) enum ReviewError {
     #[error("body is not a valid {expected}: {error}")]
     Json { expected: &'static str, error: serde_json::Error },
     #[error(
@@ -54,7 +54,7 @@ pub enum ReviewError {
 
 /// The operation of an admission request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Operation {
+pub(crate) enum Operation {
     Create,
     Update,
     Delete,
@@ -168,7 +168,7 @@ struct RawGroupVersionKind<'a> {
 
 /// An AdmissionReview's request, borrowed from the request body.
 #[derive(Debug, Clone)]
-pub struct AdmissionRequest<'a> {
+pub(crate) struct AdmissionRequest<'a> {
     pub uid: Cow<'a, str>,
     /// `request.kind.kind`: the kind of the object as the webhook registered it.
     pub kind: Cow<'a, str>,
@@ -355,7 +355,7 @@ struct RawImageReviewContainer<'a> {
 
 /// An ImageReview (the in-tree ImagePolicyWebhook admission plugin), borrowed from the body.
 #[derive(Debug, Clone)]
-pub struct ImageRequest<'a> {
+pub(crate) struct ImageRequest<'a> {
     pub namespace: Cow<'a, str>,
     containers: Vec<Container<'a>>,
 }

@@ -32,7 +32,7 @@ use crate::engine::snapshot::Store;
 use crate::engine::{Verdict, Violation};
 
 /// Request bodies above this size are refused with 413.
-pub const MAX_BODY: usize = 4 * 1024 * 1024;
+pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
 
 /// Limits and timeouts of the admission server.
 #[derive(Debug, Clone)]

@@ -235,7 +235,7 @@ impl Reloader {
 }
 
 /// A certificate generated at start-up for local use, and the CA that signed it.
-pub struct SelfSigned {
+pub(crate) struct SelfSigned {
     pub key: CertifiedKey,
     /// PEM of the CA certificate: the bundle clients trust (`curl --cacert`, `caBundle`).
     pub ca_pem: String,
@@ -268,7 +268,7 @@ impl SelfSigned {
     }
 
     /// Writes the CA bundle to `path`.
-    pub fn write_ca_bundle(&self, path: &Path) -> Result<(), TlsError> {
+    pub(crate) fn write_ca_bundle(&self, path: &Path) -> Result<(), TlsError> {
         std::fs::write(path, &self.ca_pem).map_err(|error| TlsError::WriteBundle { path: path.to_owned(), error })
     }
 }

@@ -71,19 +71,9 @@ pub fn files(path: &Path) -> Result<Vec<PathBuf>, ManifestError> {
     Ok(out)
 }
 
-/// Reads every object from the files or directories in `paths`; `-` reads stdin.
-pub fn read_paths(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError> {
-    let mut out = Vec::new();
-    each_in_paths(paths, |d| {
-        out.push(d);
-        Ok(())
-    })?;
-    Ok(out)
-}
-
 /// Streams every object from the files or directories in `paths` (`-` reads stdin) to `f`,
 /// one document at a time, so that large streams never sit in memory as parsed trees.
-pub fn each_in_paths<E: From<ManifestError>>(
+pub(crate) fn each_in_paths<E: From<ManifestError>>(
     paths: &[PathBuf],
     mut f: impl FnMut(Document) -> Result<(), E>,
 ) -> Result<(), E> {
@@ -124,7 +114,7 @@ pub fn parse(source: &str, text: &str) -> Result<Vec<Document>, ManifestError> {
 }
 
 /// Streams the objects of one file's text to `f`, document by document.
-pub fn each_document<E: From<ManifestError>>(
+pub(crate) fn each_document<E: From<ManifestError>>(
     source: &str,
     text: &str,
     mut f: impl FnMut(Document) -> Result<(), E>,
@@ -224,7 +214,7 @@ fn yaml_options(len: usize) -> serde_saphyr::Options {
 
 /// Reads TrustedRegistryPolicy objects from files or directories. Anything else in them, an
 /// unknown field or a malformed value is an error naming the file, document and line.
-pub fn read_policies(paths: &[PathBuf]) -> Result<Vec<(String, TrustedRegistryPolicy)>, ManifestError> {
+pub(crate) fn read_policies(paths: &[PathBuf]) -> Result<Vec<(String, TrustedRegistryPolicy)>, ManifestError> {
     let mut out = Vec::new();
     for path in paths {
         for file in files(path)? {
@@ -274,6 +264,16 @@ pub fn parse_policies(source: &str, text: &str) -> Result<Vec<TrustedRegistryPol
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every object of the files or directories in `paths`, collected.
+    fn read_paths(paths: &[PathBuf]) -> Result<Vec<Document>, ManifestError> {
+        let mut out = Vec::new();
+        each_in_paths(paths, |d| {
+            out.push(d);
+            Ok(())
+        })?;
+        Ok(out)
+    }
 
     #[test]
     fn multi_document_yaml_and_lists_are_flattened() {

@@ -97,7 +97,7 @@ pub enum Mode {
 
 impl Mode {
     /// Every mode, in a stable order (metrics labels, summaries).
-    pub const ALL: [Mode; 3] = [Mode::Enforce, Mode::Warn, Mode::Audit];
+    pub(crate) const ALL: [Mode; 3] = [Mode::Enforce, Mode::Warn, Mode::Audit];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -12,14 +12,14 @@ use crate::engine::{Namespace, PolicySet, Subject, Verdict, Violation};
 
 /// The JSON document `check --output json` prints.
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Report {
+pub(crate) struct Report {
     pub objects: Vec<ObjectReport>,
     pub summary: Summary,
 }
 
 /// One object's decision.
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct ObjectReport {
+pub(crate) struct ObjectReport {
     pub kind: String,
     pub namespace: String,
     pub name: String,
@@ -35,7 +35,7 @@ pub struct ObjectReport {
 }
 
 #[derive(Debug, Serialize, Default, PartialEq, Eq)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub objects: usize,
     pub allowed: usize,
     pub warned: usize,
@@ -62,7 +62,7 @@ pub struct UnreadableObject {
 
 /// Why `check` could not read its input.
 #[derive(Debug, thiserror::Error)]
-pub enum CheckError {
+pub(crate) enum CheckError {
     #[error(transparent)]
     Manifest(#[from] crate::api::manifest::ManifestError),
     #[error(transparent)]
@@ -72,7 +72,7 @@ pub enum CheckError {
 /// Collects objects one document at a time, keeping only what evaluation needs (a Namespace
 /// may come after the objects it labels, so evaluation waits for the last document).
 #[derive(Default)]
-pub struct Checker {
+pub(crate) struct Checker {
     pending: Vec<(Workload<'static>, String)>,
     labels: HashMap<String, BTreeMap<String, String>>,
 }

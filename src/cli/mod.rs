@@ -31,7 +31,7 @@ const EXIT_USAGE: u8 = 2;
 /// image reference.
 #[derive(Debug, Parser)]
 #[command(name = "trustgate", version, about, long_about)]
-pub struct Cli {
+pub(crate) struct Cli {
     #[command(subcommand)]
     pub command: Command,
 }
@@ -198,7 +198,7 @@ fn print_report(report: &Report) -> std::io::Result<()> {
 
 /// One line of `normalize --output json`.
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub struct Normalized {
+pub(crate) struct Normalized {
     pub input: String,
     pub valid: bool,
     pub name: Option<String>,

@@ -21,11 +21,11 @@ use crate::engine::snapshot::Snapshot;
 use crate::engine::workload::{ContainerList, Workload};
 
 /// At most this many samples are kept per policy.
-pub const MAX_SAMPLES: usize = 20;
+pub(crate) const MAX_SAMPLES: usize = 20;
 
 /// A kind the audit lists.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct AuditedKind {
+pub(crate) struct AuditedKind {
     pub group: &'static str,
     pub version: &'static str,
     pub kind: &'static str,
@@ -44,7 +44,7 @@ impl AuditedKind {
 
 /// Every kind that runs containers. PodTemplates are left out: they run nothing (admission
 /// still checks them).
-pub const AUDITED_KINDS: [AuditedKind; 8] = [
+pub(crate) const AUDITED_KINDS: [AuditedKind; 8] = [
     AuditedKind::new("apps", "v1", "Deployment", "deployments"),
     AuditedKind::new("apps", "v1", "StatefulSet", "statefulsets"),
     AuditedKind::new("apps", "v1", "DaemonSet", "daemonsets"),

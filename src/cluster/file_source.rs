@@ -22,7 +22,7 @@ use crate::engine::{PolicyError, PolicySet};
 
 /// Why the policy files could not be loaded.
 #[derive(Debug, thiserror::Error)]
-pub enum SourceError {
+pub(crate) enum SourceError {
     #[error(transparent)]
     Manifest(#[from] ManifestError),
     #[error("{file}: {error}")]
@@ -36,7 +36,7 @@ pub enum SourceError {
 }
 
 /// Policies read from files.
-pub struct FileSource {
+pub(crate) struct FileSource {
     path: PathBuf,
     /// Hash of the file names and contents last loaded (successfully or not).
     seen: Option<u64>,
@@ -50,7 +50,7 @@ impl FileSource {
 
     /// Reads the files and, if they changed since the last call, compiles them. `Ok(None)`: no
     /// change. Blocking file I/O.
-    pub fn poll(&mut self) -> Result<Option<Snapshot>, SourceError> {
+    pub(crate) fn poll(&mut self) -> Result<Option<Snapshot>, SourceError> {
         let files = self.read()?;
         let hash = hash_of(&files);
         if self.seen == Some(hash) {
@@ -112,7 +112,7 @@ impl FileSource {
 }
 
 /// Logs what a newly loaded snapshot holds.
-pub fn log_loaded(path: &Path, snapshot: &Snapshot) {
+pub(crate) fn log_loaded(path: &Path, snapshot: &Snapshot) {
     let policies = &snapshot.policies;
     if policies.is_empty() {
         tracing::warn!(path = %path.display(), "no TrustedRegistryPolicy found: every image is allowed");

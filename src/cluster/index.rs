@@ -218,7 +218,7 @@ impl Index {
     }
 
     /// Applies one Namespace metadata watch event; only label changes matter.
-    pub fn apply_namespace(&mut self, event: Event<PartialObjectMeta<Namespace>>) -> Change {
+    pub(crate) fn apply_namespace(&mut self, event: Event<PartialObjectMeta<Namespace>>) -> Change {
         let changed = match event {
             Event::Init => {
                 self.namespaces_relist = Some(NamespaceLabels::new());
@@ -246,7 +246,7 @@ impl Index {
     }
 
     /// Both initial lists are in: admission may start.
-    pub fn is_synced(&self) -> bool {
+    pub(crate) fn is_synced(&self) -> bool {
         self.policies_synced && self.namespaces_synced
     }
 
@@ -273,7 +273,7 @@ impl Index {
     }
 
     /// How many known policies do not compile.
-    pub fn invalid_policies(&self) -> usize {
+    pub(crate) fn invalid_policies(&self) -> usize {
         self.policies.values().filter(|e| e.compiled.is_err()).count()
     }
 }

@@ -73,7 +73,7 @@ pub enum LeaseError {
 
 /// What to do about the lease as it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
+pub(crate) enum Action {
     /// No lease exists: create it, holding it.
     Create,
     /// We hold it: renew it.
@@ -85,7 +85,7 @@ pub enum Action {
 }
 
 /// Decides from the lease and whether its holder record has gone stale.
-pub fn next_action(lease: Option<&LeaseSpec>, identity: &str, expired: bool) -> Action {
+pub(crate) fn next_action(lease: Option<&LeaseSpec>, identity: &str, expired: bool) -> Action {
     let Some(spec) = lease else { return Action::Create };
     match spec.holder_identity.as_deref() {
         Some(holder) if holder == identity => Action::Renew,
@@ -96,7 +96,7 @@ pub fn next_action(lease: Option<&LeaseSpec>, identity: &str, expired: bool) -> 
 }
 
 /// The lease spec after `action` by `identity` at `now`; `None` when we only follow.
-pub fn updated_spec(
+pub(crate) fn updated_spec(
     current: Option<&LeaseSpec>,
     action: Action,
     identity: &str,

@@ -12,11 +12,11 @@ use crate::api::{AuditStatus, TrustedRegistryPolicyStatus};
 use crate::cluster::index::PolicyEntry;
 
 /// The condition type trustgate owns.
-pub const READY: &str = "Ready";
+pub(crate) const READY: &str = "Ready";
 /// Reason of `Ready=True`.
-pub const ACCEPTED: &str = "Accepted";
+pub(crate) const ACCEPTED: &str = "Accepted";
 /// Reason of `Ready=False`.
-pub const INVALID: &str = "Invalid";
+pub(crate) const INVALID: &str = "Invalid";
 
 /// The part of the status the condition writer owns.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +38,7 @@ impl ReadyStatus {
 }
 
 /// The `Ready` condition for a policy: `lastTransitionTime` moves only when the status flips.
-pub fn ready_condition(entry: &PolicyEntry, previous: Option<&Condition>, now: &Time) -> Condition {
+pub(crate) fn ready_condition(entry: &PolicyEntry, previous: Option<&Condition>, now: &Time) -> Condition {
     let (status, reason, message) = match &entry.compiled {
         Ok(policy) => ("True", ACCEPTED, format!("the policy is valid and in effect in {} mode", policy.mode())),
         Err(error) => ("False", INVALID, error.clone()),
@@ -59,7 +59,7 @@ pub fn ready_condition(entry: &PolicyEntry, previous: Option<&Condition>, now: &
 
 /// What the owned part of the status should be, given what it is; conditions of other types
 /// are kept as they are.
-pub fn desired(entry: &PolicyEntry, current: Option<&ReadyStatus>, now: &Time) -> ReadyStatus {
+pub(crate) fn desired(entry: &PolicyEntry, current: Option<&ReadyStatus>, now: &Time) -> ReadyStatus {
     let existing = current.map(|c| c.conditions.as_slice()).unwrap_or_default();
     let previous = existing.iter().find(|c| c.type_ == READY);
     let ready = ready_condition(entry, previous, now);
@@ -89,7 +89,7 @@ pub fn update(entry: &PolicyEntry, current: Option<&ReadyStatus>, now: &Time) ->
 
 /// The merge patch that records an audit result; `samples` is always written, so that samples
 /// from an earlier run never linger beside a newer count.
-pub fn audit_patch(audit: &AuditStatus) -> Value {
+pub(crate) fn audit_patch(audit: &AuditStatus) -> Value {
     json!({"status": {"audit": {
         "lastRun": audit.last_run,
         "violations": audit.violations,

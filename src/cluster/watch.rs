@@ -41,9 +41,9 @@ use crate::cluster::status::{self, ReadyStatus};
 use crate::engine::snapshot::Store;
 
 /// The field manager of every write.
-pub const FIELD_MANAGER: &str = "trustgate";
+pub(crate) const FIELD_MANAGER: &str = "trustgate";
 /// Objects per page of an audit list.
-pub const AUDIT_PAGE_SIZE: u32 = 500;
+pub(crate) const AUDIT_PAGE_SIZE: u32 = 500;
 /// How often the status writer retries writes that failed.
 const STATUS_RESYNC: Duration = Duration::from_secs(30);
 
@@ -86,7 +86,7 @@ const NAMESPACES: &str = "namespaces";
 /// Metrics of the watchers (`trustgate_watch_*`), the election (`trustgate_leader`), status
 /// writes (`trustgate_status_*`) and the audit (`trustgate_audit_*`).
 #[derive(Clone, Debug, Default)]
-pub struct WatchMetrics {
+pub(crate) struct WatchMetrics {
     synced: Family<ResourceLabels, Gauge>,
     healthy: Family<ResourceLabels, Gauge>,
     errors: Family<ResourceLabels, Counter>,

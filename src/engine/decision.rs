@@ -92,7 +92,7 @@ impl<'a> Subject<'a> {
 impl Subject<'_> {
     /// The object's name, or `prefix*` for an object created with `generateName`; empty when
     /// it has neither.
-    pub fn display_name(&self) -> std::borrow::Cow<'_, str> {
+    pub(crate) fn display_name(&self) -> std::borrow::Cow<'_, str> {
         match (self.name, self.generate_name) {
             ("", "") => "".into(),
             ("", prefix) => format!("{prefix}*").into(),
@@ -131,7 +131,7 @@ impl Decision {
     }
 
     /// Violations of the given mode.
-    pub fn in_mode(&self, mode: Mode) -> impl Iterator<Item = &Violation> {
+    pub(crate) fn in_mode(&self, mode: Mode) -> impl Iterator<Item = &Violation> {
         self.violations.iter().filter(move |v| v.mode == mode)
     }
 

@@ -14,11 +14,11 @@ use std::str::FromStr;
 use crate::engine::reference::{self, DOCKER_HUB, LEGACY_DOCKER_HUB, Reference};
 
 /// The longest pattern accepted; the CRD schema enforces the same bound.
-pub const MAX_PATTERN_LEN: usize = 255;
+pub(crate) const MAX_PATTERN_LEN: usize = 255;
 
 /// Why a string is not a registry pattern. Each message says how to write it instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum PatternError {
+pub(crate) enum PatternError {
     #[error("pattern is empty")]
     Empty,
     #[error("pattern is longer than {MAX_PATTERN_LEN} characters")]
@@ -60,7 +60,7 @@ pub(crate) enum Segment {
 
 /// A compiled `host[:port][/path]` pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Pattern {
+pub(crate) struct Pattern {
     text: String,
     host: Host,
     port: Option<String>,
@@ -68,11 +68,6 @@ pub struct Pattern {
 }
 
 impl Pattern {
-    /// The pattern as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
     /// Whether `image` is on this pattern's registry and at or below its path.
     pub fn matches(&self, image: &Reference<'_>) -> bool {
         let (host, port) = reference::split_port(image.domain());
@@ -81,7 +76,7 @@ impl Pattern {
 
     /// [`Self::matches`] on a reference already split into host, port and path, for callers
     /// that match one image against many patterns.
-    pub fn matches_parts(&self, host: &str, port: Option<&str>, path: &str) -> bool {
+    pub(crate) fn matches_parts(&self, host: &str, port: Option<&str>, path: &str) -> bool {
         self.port.as_deref() == port && self.host_matches(host) && self.path_matches(path)
     }
 

@@ -100,7 +100,7 @@ impl PolicySet {
     }
 
     /// How many policies run in each mode.
-    pub fn count_by_mode(&self, mode: Mode) -> usize {
+    pub(crate) fn count_by_mode(&self, mode: Mode) -> usize {
         self.policies.iter().filter(|p| p.mode() == mode).count()
     }
 

@@ -21,13 +21,13 @@ use std::borrow::Cow;
 use std::fmt;
 
 /// Docker Hub's canonical registry host.
-pub const DOCKER_HUB: &str = "docker.io";
+pub(crate) const DOCKER_HUB: &str = "docker.io";
 /// The legacy Docker Hub host that the runtimes rewrite to [`DOCKER_HUB`].
-pub const LEGACY_DOCKER_HUB: &str = "index.docker.io";
+pub(crate) const LEGACY_DOCKER_HUB: &str = "index.docker.io";
 /// The tag a runtime pulls when none is written.
-pub const DEFAULT_TAG: &str = "latest";
+pub(crate) const DEFAULT_TAG: &str = "latest";
 /// The longest repository path (after the domain) a runtime accepts.
-pub const MAX_PATH_LEN: usize = 255;
+pub(crate) const MAX_PATH_LEN: usize = 255;
 const OFFICIAL_PREFIX: &str = "library/";
 const MAX_TAG_LEN: usize = 128;
 
@@ -200,7 +200,7 @@ impl<'a> Reference<'a> {
     }
 
     /// The tag the runtime resolves, or `None` when a digest pins the image whatever the tag.
-    pub fn pulled_tag(&self) -> Option<&str> {
+    pub(crate) fn pulled_tag(&self) -> Option<&str> {
         match (self.digest, self.tag()) {
             (Some(_), _) => None,
             (None, Some(tag)) => Some(tag),
@@ -237,7 +237,7 @@ fn official(name: &str) -> String {
 }
 
 /// Splits `host[:port]` at the port colon, minding IPv6 brackets.
-pub fn split_port(domain: &str) -> (&str, Option<&str>) {
+pub(crate) fn split_port(domain: &str) -> (&str, Option<&str>) {
     let host_end = if domain.starts_with('[') {
         domain.find(']').map_or(domain.len(), |i| i + 1)
     } else {
