@@ -2,9 +2,10 @@
 //! runs them (with tests/e2e.rs) as `cargo test --test e2e --test e2e_semantics -- --ignored
 //! --test-threads=1` against whatever `KUBECONFIG` points to.
 //!
-//! Each test starts its own webhook OUTSIDE the cluster, as tests/e2e.rs does in its default
-//! (local) mode: the `trustgate` binary on 127.0.0.1 with a test CA, registered by URL for the
-//! test's own namespace only, so the tests pass on a cluster that holds other objects. The
+//! Each test starts its own webhook OUTSIDE the cluster, as tests/e2e.rs does by default: the
+//! `trustgate` binary on 127.0.0.1 with a test CA, registered by URL for the test's own
+//! namespace only, so the tests pass on a cluster that holds other objects. With
+//! `TRUSTGATE_E2E_MODE=in-cluster` the Helm chart's webhook (and CRD) are used instead. The
 //! helpers below are a copy of the few that tests/e2e.rs has, kept apart so that each file can
 //! change on its own. Namespace, policies, webhook configuration, lease and process are removed
 //! when a test ends, pass or fail.
@@ -98,7 +99,9 @@ impl Harness {
         };
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create the namespace");
         let mut harness = Harness { client, namespace, policies: Vec::new(), webhook: None };
-        harness.webhook = Some(harness.start_webhook().await);
+        if !in_cluster() {
+            harness.webhook = Some(harness.start_webhook().await);
+        }
         harness
     }
 
@@ -316,7 +319,7 @@ impl Drop for Harness {
 async fn install_crd(client: &Client) {
     let api = Api::<CustomResourceDefinition>::all(client.clone());
     let name = "trustedregistrypolicies.trustgate.dev";
-    {
+    if !in_cluster() {
         let output = Command::new(env!("CARGO_BIN_EXE_trustgate")).arg("crd").output().expect("run `trustgate crd`");
         assert!(output.status.success(), "`trustgate crd` failed: {}", String::from_utf8_lossy(&output.stderr));
         let yaml = String::from_utf8(output.stdout).expect("UTF-8 YAML");
@@ -370,6 +373,15 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
     response.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// Whether to use the webhook the Helm chart installed instead of starting one.
+fn in_cluster() -> bool {
+    match std::env::var("TRUSTGATE_E2E_MODE").as_deref() {
+        Err(_) | Ok("") | Ok("local") => false,
+        Ok("in-cluster") => true,
+        Ok(other) => panic!("TRUSTGATE_E2E_MODE={other:?}: expected \"local\" (the default) or \"in-cluster\""),
+    }
 }
 
 /// A digest for images that must be pinned (the image never runs: Pods stay Pending or are
