@@ -38,9 +38,9 @@ chart:
 run:
     cargo run --release --locked -- serve --self-signed --policy-file examples/policies --addr 127.0.0.1:8443 --admin-addr 127.0.0.1:8080
 
-# End-to-end tests against the cluster KUBECONFIG points to
+# End-to-end tests (every tests/e2e*.rs file) against the cluster KUBECONFIG points to
 e2e:
-    cargo test --locked --test e2e -- --ignored --test-threads=1
+    cargo test --locked --test e2e --test e2e_semantics -- --ignored --test-threads=1
 
 # Check the example workloads against the example policies
 check-examples:

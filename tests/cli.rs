@@ -201,3 +201,20 @@ fn every_command_has_help() {
         assert!(stdout(&out).contains("Usage: trustgate"), "{command:?}");
     }
 }
+
+#[test]
+fn check_reads_pull_policies_as_the_api_server_defaults_them() {
+    let manifest = "apiVersion: v1\nkind: Namespace\nmetadata: {name: tenant-a, labels: {tenancy: shared}}\n---\n\
+        apiVersion: v1\nkind: Pod\nmetadata: {name: cached, namespace: tenant-a}\nspec:\n  containers: [{name: a, image: registry.my.com/app:1.0}]\n---\n\
+        apiVersion: v1\nkind: Pod\nmetadata: {name: fresh, namespace: tenant-a}\nspec:\n  containers: [{name: a, image: registry.my.com/app:1.0, imagePullPolicy: Always}]\n";
+    let out = trustgate_with_stdin(&["check", "-p", "examples/policies"], Some(manifest));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("DENY  Pod tenant-a/cached"), "{text}");
+    assert!(
+        text.contains("image \"registry.my.com/app:1.0\" resolves to registry.my.com/app:1.0 (imagePullPolicy not set, defaults to IfNotPresent), but policy \"shared-tenancy\" requires imagePullPolicy Always for images from registry.my.com (spec.registryRules[1] (registry.my.com))"),
+        "{text}"
+    );
+    assert!(text.contains("set spec.containers[0].imagePullPolicy: Always"), "{text}");
+    assert!(text.contains("ALLOW Pod tenant-a/fresh"), "{text}");
+}

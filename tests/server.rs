@@ -24,6 +24,8 @@ enum Expect {
     Allow(&'static [&'static str]),
     /// Denied with 403 and exactly this message.
     Deny(String),
+    /// Allowed, with exactly these (computed) warnings.
+    Warn(Vec<String>),
 }
 
 fn denial(lines: &[String]) -> String {
@@ -117,9 +119,63 @@ fn limits() -> Limits {
 async fn admission_fixtures_get_their_decisions() {
     let pki = Pki::new("fixtures CA");
     let server = TestServer::ready(&pki, limits()).await;
+    expect_decisions(&server, &pki, admission_fixtures()).await;
+    let metrics = server.metrics();
+    for line in [
+        r#"trustgate_admission_requests_total{endpoint="validate",kind="Deployment",operation="CREATE",decision="deny"} 2"#,
+        r#"trustgate_admission_requests_total{endpoint="validate",kind="Deployment",operation="UPDATE",decision="warn"} 1"#,
+        r#"trustgate_admission_requests_total{endpoint="validate",kind="Pod",operation="UPDATE",decision="deny"} 1"#,
+        r#"trustgate_admission_requests_total{endpoint="validate",kind="other",operation="UPDATE",decision="allow"} 1"#,
+        r#"trustgate_admission_request_duration_seconds_count{endpoint="validate"} 11"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+}
+
+/// UPDATE fixtures with an oldObject (existingImages) and registry rules (policy
+/// `platform-rules`, namespace `platform`).
+fn semantics_fixtures() -> Vec<(&'static str, Expect)> {
+    const EXISTING: &str = "; admitted because the object already had this image before this update (policy \"corporate\" has existingImages: Allow)";
+    let legacy = |image: &str, normalized: &str| {
+        untrusted("Deployment default/legacy", "app", "spec.template.spec.containers[0]", image, normalized)
+    };
+    vec![
+        (
+            "deployment-restart-existing-warned.json",
+            Expect::Warn(vec![format!("{}{EXISTING}", legacy("nginx:1.25", "docker.io/library/nginx:1.25")), MESSAGE.to_owned()]),
+        ),
+        ("deployment-update-new-image-denied.json", Expect::Deny(denial(&[legacy("redis:7.2", "docker.io/library/redis:7.2")]))),
+        (
+            "pod-registry-rules-denied.json",
+            Expect::Deny([
+                "Pod platform/tools-6f7d9c8b4-*: container \"proxy\" (spec.containers[0]) image \"registry.my.com/mirror/nginx:1.25\" resolves to registry.my.com/mirror/nginx:1.25, but policy \"platform-rules\" requires images from registry.my.com/mirror to be pinned by digest (spec.registryRules[0] (registry.my.com/mirror)); write registry.my.com/mirror/nginx@sha256:<digest>",
+                "Pod platform/tools-6f7d9c8b4-*: container \"api\" (spec.containers[1]) image \"registry.my.com/platform/api:1.0\" resolves to registry.my.com/platform/api:1.0 (imagePullPolicy IfNotPresent), but policy \"platform-rules\" requires imagePullPolicy Always for images from registry.my.com (spec.registryRules[1] (registry.my.com)), so that no Pod runs it from the node's cache without pull credentials; set spec.containers[1].imagePullPolicy: Always",
+            ].join("\n")),
+        ),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn existing_images_and_registry_rules_fixtures_get_their_decisions() {
+    let pki = Pki::new("semantics CA");
+    let server = TestServer::ready(&pki, limits()).await;
+    expect_decisions(&server, &pki, semantics_fixtures()).await;
+    let metrics = server.metrics();
+    for line in [
+        r#"trustgate_admission_requests_total{endpoint="validate",kind="Deployment",operation="UPDATE",decision="warn"} 1"#,
+        r#"trustgate_admission_requests_total{endpoint="validate",kind="Deployment",operation="UPDATE",decision="deny"} 1"#,
+        r#"trustgate_admission_requests_total{endpoint="validate",kind="Pod",operation="CREATE",decision="deny"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
+    }
+}
+
+/// Sends every fixture over one kept-alive connection, as the API server does, and checks
+/// each answer.
+async fn expect_decisions(server: &TestServer, pki: &Pki, fixtures: Vec<(&'static str, Expect)>) {
     let config = client_config(&[&pki.ca], &[b"http/1.1"]);
     let mut h1: H1 = http1(tls_connect(server.addr, config).await.unwrap()).await;
-    for (name, expect) in admission_fixtures() {
+    for (name, expect) in fixtures {
         let body = fixture(name);
         let sent: Value = serde_json::from_slice(&body).unwrap();
         // One kept-alive connection for all of them, as the API server does.
@@ -133,6 +189,11 @@ async fn admission_fixtures_get_their_decisions() {
         let response = &got["response"];
         assert_eq!(response["uid"], sent["request"]["uid"], "{name}: the uid is echoed");
         match expect {
+            Expect::Warn(warnings) => {
+                assert_eq!(response["allowed"], true, "{name}: {response}");
+                assert!(response.get("status").is_none(), "{name}: {response}");
+                assert_eq!(response["warnings"], json!(warnings), "{name}");
+            }
             Expect::Allow(warnings) => {
                 assert_eq!(response["allowed"], true, "{name}: {response}");
                 assert!(response.get("status").is_none(), "{name}: {response}");
@@ -150,16 +211,6 @@ async fn admission_fixtures_get_their_decisions() {
                 assert!(response.get("warnings").is_none(), "{name}");
             }
         }
-    }
-    let metrics = server.metrics();
-    for line in [
-        r#"trustgate_admission_requests_total{endpoint="validate",kind="Deployment",operation="CREATE",decision="deny"} 2"#,
-        r#"trustgate_admission_requests_total{endpoint="validate",kind="Deployment",operation="UPDATE",decision="warn"} 1"#,
-        r#"trustgate_admission_requests_total{endpoint="validate",kind="Pod",operation="UPDATE",decision="deny"} 1"#,
-        r#"trustgate_admission_requests_total{endpoint="validate",kind="other",operation="UPDATE",decision="allow"} 1"#,
-        r#"trustgate_admission_request_duration_seconds_count{endpoint="validate"} 11"#,
-    ] {
-        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
 }
 
@@ -189,6 +240,23 @@ async fn image_reviews_are_answered_with_the_namespace_policies() {
         )
     );
     assert!(server.metrics().contains(r#"trustgate_admission_requests_total{endpoint="imagereview",kind="ImageReview",operation="CREATE",decision="deny"} 1"#));
+}
+
+/// ImageReview carries no pull policy: the pull-policy rule does not apply, the digest rule does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_reviews_apply_registry_tag_rules_but_not_pull_policy_rules() {
+    let pki = Pki::new("imagereview rules CA");
+    let server = TestServer::ready(&pki, limits()).await;
+    let config = client_config(&[&pki.ca], &[]);
+    let (status, body) =
+        send(server.addr, config, post("/imagereview", fixture("imagereview-registry-rules.json"))).await;
+    assert_eq!(status, StatusCode::OK);
+    let got: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(got["status"]["allowed"], false);
+    assert_eq!(
+        got["status"]["reason"],
+        "image \"registry.my.com/mirror/nginx:1.25\" resolves to registry.my.com/mirror/nginx:1.25, but policy \"platform-rules\" requires images from registry.my.com/mirror to be pinned by digest (spec.registryRules[0] (registry.my.com/mirror)); write registry.my.com/mirror/nginx@sha256:<digest>"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use serde_json::value::RawValue;
 use crate::api::Mode;
 
 use crate::engine::snapshot::Snapshot;
-use crate::engine::workload::{Container, ContainerList, FieldPath, SpecPath, Workload};
+use crate::engine::workload::{Container, ContainerList, FieldPath, PullPolicy, SpecPath, Workload};
 use crate::engine::{Decision, Subject, Verdict, Violation};
 
 /// `apiVersion` of the AdmissionReviews trustgate answers.
@@ -158,6 +158,8 @@ struct RawAdmissionRequest<'a> {
     dry_run: Option<bool>,
     #[serde(borrow, default)]
     object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    old_object: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -178,6 +180,7 @@ pub(crate) struct AdmissionRequest<'a> {
     pub sub_resource: Cow<'a, str>,
     pub dry_run: bool,
     object: Option<&'a RawValue>,
+    old_object: Option<&'a RawValue>,
 }
 
 impl<'a> AdmissionRequest<'a> {
@@ -207,6 +210,7 @@ impl<'a> AdmissionRequest<'a> {
             sub_resource: request.sub_resource,
             dry_run: request.dry_run.unwrap_or(false),
             object: request.object,
+            old_object: request.old_object,
         })
     }
 
@@ -228,8 +232,13 @@ impl<'a> AdmissionRequest<'a> {
                 }
                 Ok(workload) => {
                     let namespace = self.object_namespace(&workload);
-                    let decision =
-                        snapshot.policies.evaluate(&snapshot.namespace(namespace), &workload.containers, now);
+                    let old = self.old_containers();
+                    let decision = snapshot.policies.evaluate_update(
+                        &snapshot.namespace(namespace),
+                        &workload.containers,
+                        &old,
+                        now,
+                    );
                     // The object's own name fills in for requests that carry none (generateName).
                     let subject = Subject {
                         kind: self.object_kind(),
@@ -272,6 +281,18 @@ impl<'a> AdmissionRequest<'a> {
         };
         let mut deserializer = serde_json::Deserializer::from_str(object.get());
         Workload::read(Some(kind), &mut deserializer).map_err(|e| format!("{subject}: cannot read the object: {e}"))
+    }
+
+    /// The containers of an UPDATE's old object, for existingImages. Empty for CREATE, and
+    /// when the old object is absent or unreadable: then every image is checked as new, so a
+    /// malformed oldObject can only make a decision stricter, never admit by accident.
+    fn old_containers(&self) -> Vec<Container<'a>> {
+        if self.operation != Operation::Update {
+            return Vec::new();
+        }
+        let Some(old) = self.old_object.filter(|o| o.get() != "null") else { return Vec::new() };
+        let mut deserializer = serde_json::Deserializer::from_str(old.get());
+        Workload::read(Some(self.object_kind()), &mut deserializer).map(|w| w.containers).unwrap_or_default()
     }
 
     fn object_namespace<'s>(&'s self, workload: &'s Workload<'_>) -> &'s str {
@@ -382,6 +403,8 @@ impl<'a> ImageRequest<'a> {
                 name: Cow::Borrowed(""),
                 // An empty image is kept: it fails to parse and is denied, never skipped.
                 image: Some(c.image),
+                // ImageReview names images only: pull-policy rules cannot apply.
+                pull_policy: PullPolicy::Unknown,
                 field: FieldPath { spec: SpecPath::Pod, list: ContainerList::Containers, index },
             })
             .collect();
@@ -572,6 +595,61 @@ spec:
             message.starts_with("Pod default/web: container \"debugger\" (spec.ephemeralContainers[0])"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn update_admits_images_the_old_object_had_with_a_warning() {
+        let mut restart = pod_request("UPDATE", "nginx:1.25");
+        restart["request"]["oldObject"] = pod("nginx:1.25");
+        let (outcome, out) = answer(&restart);
+        assert_eq!(outcome.verdict(), Verdict::Warn);
+        assert_eq!(out["response"]["allowed"], true);
+        let warnings = out["response"]["warnings"].as_array().unwrap();
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert_eq!(
+            warnings[0],
+            "Pod default/web: container \"app\" (spec.containers[0]) image \"nginx:1.25\" resolves to docker.io/library/nginx:1.25, which policy \"corporate\" does not trust (trusted: registry.my.com, ghcr.io/my-org); admitted because the object already had this image before this update (policy \"corporate\" has existingImages: Allow)"
+        );
+        assert_eq!(warnings[1], "Use registry.my.com");
+
+        // A new image in the same UPDATE is denied.
+        let mut changed = pod_request("UPDATE", "redis:7");
+        changed["request"]["oldObject"] = pod("nginx:1.25");
+        assert_eq!(answer(&changed).0.verdict(), Verdict::Deny);
+        // A CREATE never looks at an oldObject.
+        let mut create = pod_request("CREATE", "nginx:1.25");
+        create["request"]["oldObject"] = pod("nginx:1.25");
+        assert_eq!(answer(&create).0.verdict(), Verdict::Deny);
+    }
+
+    #[test]
+    fn a_malformed_old_object_checks_every_image() {
+        for old in [json!("nope"), json!({"spec": {"containers": "nope"}}), Value::Null, json!(7)] {
+            let mut update = pod_request("UPDATE", "nginx:1.25");
+            update["request"]["oldObject"] = old.clone();
+            let (outcome, out) = answer(&update);
+            assert_eq!(outcome.verdict(), Verdict::Deny, "{old}");
+            assert_eq!(out["response"]["status"]["code"], 403, "{old}");
+        }
+    }
+
+    #[test]
+    fn ephemeral_containers_keep_old_debuggers_and_check_new_ones() {
+        let mut old = pod("registry.my.com/app:v1");
+        old["spec"]["ephemeralContainers"] = json!([{"name": "dbg1", "image": "busybox:1.36"}]);
+        let mut debug = pod_request("UPDATE", "registry.my.com/app:v1");
+        debug["request"]["subResource"] = json!("ephemeralcontainers");
+        debug["request"]["object"]["spec"]["ephemeralContainers"] =
+            json!([{"name": "dbg1", "image": "busybox:1.36"}, {"name": "dbg2", "image": "alpine:3"}]);
+        debug["request"]["oldObject"] = old;
+        let (outcome, out) = answer(&debug);
+        assert_eq!(outcome.verdict(), Verdict::Deny);
+        let message = out["response"]["status"]["message"].as_str().unwrap();
+        assert!(message.contains("(spec.ephemeralContainers[1]) image \"alpine:3\""), "{message}");
+        assert!(!message.contains("busybox"), "{message}");
+        let existing: Vec<&str> =
+            outcome.violations().iter().filter(|v| v.existing).map(|v| v.container.as_str()).collect();
+        assert_eq!(existing, ["dbg1"]);
     }
 
     #[test]

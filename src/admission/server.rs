@@ -259,7 +259,8 @@ fn micros(elapsed: Duration) -> u64 {
 }
 
 /// Every violation of a decision, compact, for the log line:
-/// `Enforce corporate Untrusted spec.template.spec.containers[0] "nginx:1.25"; ...`. The full
+/// `Enforce corporate Untrusted spec.template.spec.containers[0] "nginx:1.25"; ...` (with
+/// ` (existing image)` when existingImages admitted it as a warning). The full
 /// sentences go to the user in the response; the log names the policy, the rule, the field and
 /// the image (quoted: it comes from the request).
 struct Reasons<'a>(&'a [Violation]);
@@ -271,6 +272,10 @@ impl std::fmt::Display for Reasons<'_> {
                 f.write_str("; ")?;
             }
             write!(f, "{} {} {:?} {} {:?}", v.mode, v.policy, v.kind, v.field, v.image)?;
+            if v.existing {
+                // Admitted by existingImages: Allow; the mode shown is the one applied.
+                f.write_str(" (existing image)")?;
+            }
         }
         Ok(())
     }

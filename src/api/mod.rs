@@ -8,7 +8,7 @@ mod status;
 
 pub use crd::{crd, crd_yaml};
 pub use policy::{
-    API_VERSION, Exception, GROUP, Mode, RegistryPattern, TagRules, TrustedRegistryPolicy, TrustedRegistryPolicySpec,
-    UnqualifiedImages, VERSION,
+    API_VERSION, Exception, ExistingImages, GROUP, Mode, RegistryPattern, RegistryRule, RequiredPullPolicy, TagRules,
+    TrustedRegistryPolicy, TrustedRegistryPolicySpec, UnqualifiedImages, VERSION,
 };
 pub use status::{AuditSample, AuditStatus, TrustedRegistryPolicyStatus};

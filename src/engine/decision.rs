@@ -22,6 +22,13 @@ pub enum ViolationKind {
     DigestRequired,
     /// The pulled tag is in tags.deny.
     DeniedTag,
+    /// No digest, and a matching registry rule's tags.requireDigest is true.
+    RuleDigestRequired,
+    /// The pulled tag is in a matching registry rule's tags.deny.
+    RuleDeniedTag,
+    /// A matching registry rule requires imagePullPolicy Always, and the container's (as set,
+    /// or as the API server defaults it) is not.
+    PullPolicy,
 }
 
 /// One image that one policy does not accept, and why.
@@ -39,6 +46,11 @@ pub struct Violation {
     pub reason: String,
     #[serde(skip)]
     pub kind: ViolationKind,
+    /// The old object of an UPDATE already had this image and the policy's existingImages is
+    /// Allow: the violation is reported, but an Enforce one only as a warning (`mode` is then
+    /// Warn).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
     #[serde(skip)]
     pub policy_message: Option<Arc<str>>,
 }

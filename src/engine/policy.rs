@@ -7,13 +7,13 @@ use std::sync::Arc;
 
 use jiff::Timestamp;
 
-use crate::api::{Mode, RegistryPattern, TrustedRegistryPolicy, UnqualifiedImages};
+use crate::api::{ExistingImages, Mode, RegistryPattern, RequiredPullPolicy, TrustedRegistryPolicy, UnqualifiedImages};
 use crate::engine::decision::{Violation, ViolationKind};
 use crate::engine::pattern::Pattern;
 use crate::engine::reference::{Reference, ReferenceError};
 use crate::engine::selector::Label::{Known, Unknown};
 use crate::engine::selector::{NAMESPACE_NAME_LABEL, Namespace, Requirement, Selector};
-use crate::engine::workload::Container;
+use crate::engine::workload::{Container, PullPolicy};
 
 /// Why a policy could not be compiled: every problem, each with the field it is in.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,6 +38,65 @@ pub struct CompiledPolicy {
     excluded: Vec<String>,
     exceptions: Vec<CompiledException>,
     message: Option<Arc<str>>,
+    /// existingImages: Allow.
+    keep_existing: bool,
+    rules: Vec<CompiledRule>,
+}
+
+/// One registry rule: what images of its registries must also satisfy.
+#[derive(Debug, Clone)]
+struct CompiledRule {
+    /// `spec.registryRules[i]`, for messages.
+    field: String,
+    patterns: Vec<Pattern>,
+    require_digest: bool,
+    denied_tags: Vec<String>,
+    pull_always: bool,
+}
+
+impl CompiledRule {
+    /// The first pattern of this rule that matches `image`.
+    fn matching(&self, image: &Reference<'_>) -> Option<&Pattern> {
+        self.patterns.iter().find(|p| p.matches(image))
+    }
+
+    /// What this rule finds wrong with an image it matches, in a fixed order; rules the
+    /// policy-wide tags already report (`wide_digest`, `wide_tag`) are not reported twice.
+    fn kinds(
+        &self,
+        image: &Reference<'_>,
+        pull: &PullPolicy<'_>,
+        wide_digest: bool,
+        wide_tag: bool,
+    ) -> [Option<ViolationKind>; 3] {
+        let mut kinds = [None; 3];
+        if self.require_digest && !wide_digest && image.digest().is_none() {
+            kinds[0] = Some(ViolationKind::RuleDigestRequired);
+        }
+        if !wide_tag
+            && let Some(tag) = image.pulled_tag()
+            && self.denied_tags.iter().any(|d| d == tag)
+        {
+            kinds[1] = Some(ViolationKind::RuleDeniedTag);
+        }
+        if self.pull_always && effective_pull_policy(image, pull).is_some_and(|(p, _)| p != "Always") {
+            kinds[2] = Some(ViolationKind::PullPolicy);
+        }
+        kinds
+    }
+}
+
+/// The pull policy the kubelet will use, and whether the API server defaulted it: as set, or
+/// the API server's default (`SetDefaults_Container`: `Always` when the tag as parsed is
+/// `latest`, which includes no tag and no digest; else `IfNotPresent`). `None` when the source
+/// carries no pull policy (ImageReview).
+fn effective_pull_policy<'p>(image: &Reference<'_>, pull: &'p PullPolicy<'_>) -> Option<(&'p str, bool)> {
+    match pull {
+        PullPolicy::Set(p) => Some((p, false)),
+        PullPolicy::Unset if image.tag() == Some("latest") || image.is_implicit_latest() => Some(("Always", true)),
+        PullPolicy::Unset => Some(("IfNotPresent", true)),
+        PullPolicy::Unknown => None,
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -94,6 +153,36 @@ impl CompiledPolicy {
                 problems.push(format!("spec.tags.deny[{i}] is empty"));
             }
         }
+        let rules = spec
+            .registry_rules
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let field = format!("spec.registryRules[{i}]");
+                if r.registries.is_empty() {
+                    problems.push(format!("{field}.registries must list at least one registry pattern"));
+                }
+                let tags = r.tags.clone().unwrap_or_default();
+                for (t, tag) in tags.deny.iter().enumerate() {
+                    if tag.is_empty() {
+                        problems.push(format!("{field}.tags.deny[{t}] is empty"));
+                    }
+                }
+                let pull_always = r.image_pull_policy == Some(RequiredPullPolicy::Always);
+                if !pull_always && !tags.require_digest && tags.deny.is_empty() {
+                    problems.push(format!(
+                        "{field} requires nothing: set imagePullPolicy: Always, tags.requireDigest: true or tags.deny"
+                    ));
+                }
+                CompiledRule {
+                    patterns: compile_patterns(&format!("{field}.registries"), &r.registries, &mut problems),
+                    field,
+                    require_digest: tags.require_digest,
+                    denied_tags: tags.deny,
+                    pull_always,
+                }
+            })
+            .collect();
         if !problems.is_empty() {
             return Err(PolicyError { policy: name, problems });
         }
@@ -110,6 +199,8 @@ impl CompiledPolicy {
             excluded: spec.excluded_namespaces.clone(),
             exceptions,
             message: spec.message.as_deref().filter(|m| !m.trim().is_empty()).map(Arc::from),
+            keep_existing: spec.existing_images == ExistingImages::Allow,
+            rules,
         })
     }
 
@@ -156,11 +247,13 @@ impl CompiledPolicy {
         }
     }
 
-    /// Every reason `image` fails this policy in `namespace`, pushed onto `out`.
+    /// Every reason `image` fails this policy in `namespace`, pushed onto `out`. `existing`:
+    /// the old object of an UPDATE already had this image string.
     pub(crate) fn check(
         &self,
         image: &Image<'_>,
         trusted: bool,
+        existing: bool,
         namespace: &str,
         now: Timestamp,
         out: &mut Vec<Violation>,
@@ -192,9 +285,18 @@ impl CompiledPolicy {
         {
             kinds[3] = Some(ViolationKind::DeniedTag);
         }
-        if kinds.iter().all(Option::is_none) || self.excepted(parsed, namespace, now) {
+        let pull = &image.container.pull_policy;
+        let (wide_digest, wide_tag) = (kinds[2].is_some(), kinds[3].is_some());
+        let rule_hit = self.rules.iter().any(|r| {
+            r.matching(parsed).is_some() && r.kinds(parsed, pull, wide_digest, wide_tag).iter().any(Option::is_some)
+        });
+        if (!rule_hit && kinds.iter().all(Option::is_none)) || self.excepted(parsed, namespace, now) {
             return;
         }
+        // An image the object already had keeps running whatever this UPDATE says: deny it and
+        // `kubectl rollout restart` of a workload older than the policy fails. Reported still.
+        let existing = existing && self.keep_existing;
+        let start = out.len();
         let normalized = parsed.to_string();
         for kind in kinds.into_iter().flatten() {
             let p = &*self.name;
@@ -217,9 +319,65 @@ impl CompiledPolicy {
                     "resolves to {normalized}, whose tag {:?} policy {p:?} denies; pin another tag or a digest",
                     parsed.pulled_tag().unwrap_or_default()
                 ),
-                ViolationKind::Invalid => unreachable!("invalid references return early"),
+                _ => unreachable!("invalid references return early; rule kinds come below"),
             };
             out.push(self.violation(image, Some(normalized.clone()), kind, reason));
+        }
+        for rule in &self.rules {
+            let Some(pattern) = rule.matching(parsed) else { continue };
+            for kind in rule.kinds(parsed, pull, wide_digest, wide_tag).into_iter().flatten() {
+                let reason = self.rule_reason(rule, pattern, kind, parsed, &normalized, image);
+                out.push(self.violation(image, Some(normalized.clone()), kind, reason));
+            }
+        }
+        if existing {
+            for v in &mut out[start..] {
+                v.existing = true;
+                if v.mode == Mode::Enforce {
+                    v.mode = Mode::Warn;
+                }
+                v.reason.push_str(&format!(
+                    "; admitted because the object already had this image before this update (policy {:?} has existingImages: Allow)",
+                    &*self.name
+                ));
+            }
+        }
+    }
+
+    fn rule_reason(
+        &self,
+        rule: &CompiledRule,
+        pattern: &Pattern,
+        kind: ViolationKind,
+        parsed: &Reference<'_>,
+        normalized: &str,
+        image: &Image<'_>,
+    ) -> String {
+        let p = &*self.name;
+        let rule_name = format!("{} ({pattern})", rule.field);
+        match kind {
+            ViolationKind::RuleDigestRequired => format!(
+                "resolves to {normalized}, but policy {p:?} requires images from {pattern} to be pinned by digest ({rule_name}); write {}@sha256:<digest>",
+                parsed.name()
+            ),
+            ViolationKind::RuleDeniedTag if parsed.is_implicit_latest() => format!(
+                "resolves to {normalized} (no tag written, so the runtime pulls \"latest\"), a tag policy {p:?} denies for images from {pattern} ({rule_name}); pin a version tag or a digest"
+            ),
+            ViolationKind::RuleDeniedTag => format!(
+                "resolves to {normalized}, whose tag {:?} policy {p:?} denies for images from {pattern} ({rule_name}); pin another tag or a digest",
+                parsed.pulled_tag().unwrap_or_default()
+            ),
+            _ => {
+                let how = match effective_pull_policy(parsed, &image.container.pull_policy) {
+                    Some((policy, true)) => format!("imagePullPolicy not set, defaults to {policy}"),
+                    Some((policy, false)) => format!("imagePullPolicy {policy}"),
+                    None => "no imagePullPolicy".to_owned(),
+                };
+                format!(
+                    "resolves to {normalized} ({how}), but policy {p:?} requires imagePullPolicy Always for images from {pattern} ({rule_name}), so that no Pod runs it from the node's cache without pull credentials; set {}.imagePullPolicy: Always",
+                    image.container.field
+                )
+            }
         }
     }
 
@@ -247,6 +405,7 @@ impl CompiledPolicy {
             normalized,
             reason,
             kind,
+            existing: false,
             policy_message: self.message.clone(),
         }
     }

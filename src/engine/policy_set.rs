@@ -106,6 +106,19 @@ impl PolicySet {
 
     /// Evaluates every container against every applicable policy.
     pub fn evaluate(&self, namespace: &Namespace<'_>, containers: &[Container<'_>], now: Timestamp) -> Decision {
+        self.evaluate_update(namespace, containers, &[], now)
+    }
+
+    /// Evaluates an UPDATE: like [`Self::evaluate`], but an image string that one of `old` (the
+    /// old object's containers, every list) already had is admitted with a warning by the
+    /// policies whose existingImages is Allow. An unparseable image is never admitted so.
+    pub fn evaluate_update(
+        &self,
+        namespace: &Namespace<'_>,
+        containers: &[Container<'_>],
+        old: &[Container<'_>],
+        now: Timestamp,
+    ) -> Decision {
         let mut violations = Vec::new();
         let applicable = self.applicable(namespace);
         if applicable.is_empty() {
@@ -121,6 +134,7 @@ impl PolicySet {
                 (host, port, r.path())
             });
             memo.fill(0);
+            let existing = parts.is_some() && old.iter().any(|o| o.image.as_deref() == Some(text));
             for &i in &applicable {
                 let trusted = parts.is_some_and(|(host, port, path)| {
                     self.trusted[i].iter().any(|&p| match memo[p] {
@@ -132,7 +146,7 @@ impl PolicySet {
                         seen => seen == 2,
                     })
                 });
-                self.policies[i].check(&image, trusted, namespace.name, now, &mut violations);
+                self.policies[i].check(&image, trusted, existing, namespace.name, now, &mut violations);
             }
         }
         Decision { violations }

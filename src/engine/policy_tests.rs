@@ -409,3 +409,232 @@ fn the_namespace_index_selects_exactly_what_a_full_scan_does() {
     let names: Vec<&str> = set.applicable(&shop).into_iter().map(|i| set.policies[i].name()).collect();
     assert_eq!(names, ["a-named", "d-all"]);
 }
+
+fn pod_with(containers: Value) -> Value {
+    json!({"kind": "Pod", "metadata": {"name": "p", "namespace": "default"}, "spec": {"containers": containers}})
+}
+
+fn decide_update(set: &PolicySet, new: &Value, old: &Value) -> Decision {
+    let new = Workload::read(None, new).unwrap();
+    let old = Workload::read(None, old).unwrap();
+    let empty = BTreeMap::new();
+    set.evaluate_update(&Namespace { name: "default", labels: Some(&empty) }, &new.containers, &old.containers, now())
+}
+
+fn rules_policy() -> TrustedRegistryPolicy {
+    policy(
+        "rules",
+        json!({"trustedRegistries": ["docker.io", "registry.my.com"],
+               "registryRules": [
+                   {"registries": ["docker.io"], "tags": {"requireDigest": true}},
+                   {"registries": ["registry.my.com"], "imagePullPolicy": "Always"},
+                   {"registries": ["registry.my.com/team"], "tags": {"deny": ["dev"]}}]}),
+    )
+}
+
+const DIGEST: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+#[test]
+fn registry_rule_tags_apply_only_to_their_registries() {
+    let set = set(&[rules_policy()]);
+    let pinned = format!("nginx:1.25@{DIGEST}");
+    let internal = json!([{"name": "a", "image": "registry.my.com/app:v1", "imagePullPolicy": "Always"}]);
+    assert_eq!(decide(&set, &pod_with(internal), "default", None).verdict(), Verdict::Allow);
+    assert_eq!(decide_images(&set, &[&pinned]).verdict(), Verdict::Allow);
+    let d = decide_images(&set, &["nginx:1.25"]);
+    assert_eq!(d.verdict(), Verdict::Deny);
+    assert_eq!(d.violations.len(), 1);
+    assert_eq!(d.violations[0].kind, ViolationKind::RuleDigestRequired);
+    assert_eq!(
+        d.violations[0].reason,
+        "resolves to docker.io/library/nginx:1.25, but policy \"rules\" requires images from docker.io to be pinned by digest (spec.registryRules[0] (docker.io)); write docker.io/library/nginx@sha256:<digest>"
+    );
+    // A denied tag of one rule; the other rule of the same host also applies.
+    let dev = json!([{"name": "a", "image": "registry.my.com/team/app:dev", "imagePullPolicy": "Always"}]);
+    let d = decide(&set, &pod_with(dev), "default", None);
+    let kinds: Vec<ViolationKind> = d.violations.iter().map(|v| v.kind).collect();
+    assert_eq!(kinds, [ViolationKind::RuleDeniedTag]);
+    assert!(
+        d.violations[0].reason.contains(
+            "whose tag \"dev\" policy \"rules\" denies for images from registry.my.com/team (spec.registryRules[2]"
+        ),
+        "{}",
+        d.violations[0].reason
+    );
+}
+
+#[test]
+fn registry_rules_trust_nothing_by_themselves() {
+    let p = policy(
+        "p",
+        json!({"trustedRegistries": ["registry.my.com"],
+               "registryRules": [{"registries": ["quay.io"], "tags": {"deny": ["latest"]}}]}),
+    );
+    let d = decide_images(&set(&[p]), &["quay.io/org/app:v1"]);
+    let kinds: Vec<ViolationKind> = d.violations.iter().map(|v| v.kind).collect();
+    assert_eq!(kinds, [ViolationKind::Untrusted]);
+}
+
+#[test]
+fn rule_and_policy_wide_tags_are_not_reported_twice() {
+    let p = policy(
+        "p",
+        json!({"trustedRegistries": ["docker.io"], "tags": {"requireDigest": true, "deny": ["latest"]},
+               "registryRules": [{"registries": ["docker.io"], "tags": {"requireDigest": true, "deny": ["latest"]}}]}),
+    );
+    let d = decide_images(&set(&[p]), &["nginx"]);
+    let kinds: Vec<ViolationKind> = d.violations.iter().map(|v| v.kind).collect();
+    assert_eq!(kinds, [ViolationKind::DigestRequired, ViolationKind::DeniedTag]);
+}
+
+#[test]
+fn pull_policy_rule_reads_the_field_or_the_api_server_default() {
+    let set = set(&[rules_policy()]);
+    let case = |image: &str, pull: Option<&str>| {
+        let mut c = json!({"name": "a", "image": image});
+        if let Some(p) = pull {
+            c["imagePullPolicy"] = json!(p);
+        }
+        decide(&set, &pod_with(json!([c])), "default", None)
+    };
+    assert_eq!(case("registry.my.com/app:v1", Some("Always")).verdict(), Verdict::Allow);
+    // The API server defaults to Always for latest (written or implicit), else IfNotPresent.
+    assert_eq!(case("registry.my.com/app", None).verdict(), Verdict::Allow);
+    assert_eq!(case("registry.my.com/app:latest", None).verdict(), Verdict::Allow);
+    assert_eq!(case(&format!("registry.my.com/app:latest@{DIGEST}"), None).verdict(), Verdict::Allow);
+    assert_eq!(case(&format!("registry.my.com/app@{DIGEST}"), None).verdict(), Verdict::Deny);
+    let d = case("registry.my.com/app:v1", None);
+    assert_eq!(d.violations[0].kind, ViolationKind::PullPolicy);
+    assert_eq!(
+        d.violations[0].reason,
+        "resolves to registry.my.com/app:v1 (imagePullPolicy not set, defaults to IfNotPresent), but policy \"rules\" requires imagePullPolicy Always for images from registry.my.com (spec.registryRules[1] (registry.my.com)), so that no Pod runs it from the node's cache without pull credentials; set spec.containers[0].imagePullPolicy: Always"
+    );
+    for pull in ["IfNotPresent", "Never"] {
+        let d = case("registry.my.com/app", Some(pull));
+        assert_eq!(d.verdict(), Verdict::Deny, "{pull}");
+        assert!(d.violations[0].reason.contains(&format!("(imagePullPolicy {pull})")), "{}", d.violations[0].reason);
+    }
+    // Docker Hub images are not under the pull-policy rule.
+    assert_eq!(case(&format!("nginx@{DIGEST}"), Some("IfNotPresent")).verdict(), Verdict::Allow);
+}
+
+#[test]
+fn pull_policy_rules_do_not_apply_without_a_pull_policy() {
+    use crate::engine::workload::{Container, ContainerList, FieldPath, PullPolicy, SpecPath};
+    let set = set(&[rules_policy()]);
+    let field = FieldPath { spec: SpecPath::Pod, list: ContainerList::Containers, index: 0 };
+    let image =
+        |pull| Container { name: "".into(), image: Some("registry.my.com/app:v1".into()), pull_policy: pull, field };
+    let empty = BTreeMap::new();
+    let ns = Namespace { name: "default", labels: Some(&empty) };
+    assert_eq!(set.evaluate(&ns, &[image(PullPolicy::Unknown)], now()).verdict(), Verdict::Allow);
+    assert_eq!(set.evaluate(&ns, &[image(PullPolicy::Unset)], now()).verdict(), Verdict::Deny);
+}
+
+#[test]
+fn exceptions_cover_registry_rule_violations_too() {
+    let p = policy(
+        "p",
+        json!({"trustedRegistries": ["docker.io"],
+               "registryRules": [{"registries": ["docker.io"], "tags": {"requireDigest": true}}],
+               "exceptions": [{"images": ["docker.io/library/busybox"], "expires": "2027-01-01T00:00:00Z", "reason": "INC-1"}]}),
+    );
+    let set = set(&[p]);
+    assert_eq!(decide_images(&set, &["busybox:1.36"]).verdict(), Verdict::Allow);
+    assert_eq!(decide_images(&set, &["nginx:1.25"]).verdict(), Verdict::Deny);
+}
+
+#[test]
+fn registry_rules_are_validated_when_compiled() {
+    let p = policy(
+        "bad",
+        json!({"trustedRegistries": ["docker.io"],
+               "registryRules": [{"registries": ["nginx"], "tags": {"requireDigest": true}},
+                                 {"registries": [], "tags": {}},
+                                 {"registries": ["docker.io"], "tags": {"deny": [""]}}]}),
+    );
+    let err = CompiledPolicy::compile(&p).unwrap_err();
+    let problems = err.problems.join("\n");
+    for expected in [
+        "spec.registryRules[0].registries[0]",
+        "spec.registryRules[1].registries must list at least one",
+        "spec.registryRules[1] requires nothing",
+        "spec.registryRules[2].tags.deny[0] is empty",
+    ] {
+        assert!(problems.contains(expected), "{expected} not in {problems}");
+    }
+    let unknown: Result<TrustedRegistryPolicy, _> = serde_json::from_value(json!({
+        "apiVersion": API_VERSION, "kind": "TrustedRegistryPolicy", "metadata": {"name": "x"},
+        "spec": {"trustedRegistries": ["docker.io"], "registryRules": [{"registries": ["docker.io"], "imagePullPolicy": "IfNotPresent"}]}}));
+    assert!(unknown.is_err(), "only Always can be required");
+}
+
+#[test]
+fn existing_images_on_update_become_warnings_and_new_ones_are_checked() {
+    let corp = policy("corporate", json!({"trustedRegistries": ["registry.my.com"]}));
+    let set = set(&[corp]);
+    let old = deployment(&["nginx:1.25", "registry.my.com/app:v1"]);
+    // Unchanged images (a rollout restart, a label): admitted with a warning.
+    let d = decide_update(&set, &old, &old);
+    assert_eq!(d.verdict(), Verdict::Warn);
+    assert_eq!(d.violations.len(), 1);
+    let v = &d.violations[0];
+    assert!(v.existing);
+    assert_eq!(v.mode, Mode::Warn);
+    assert!(
+        v.reason.ends_with("; admitted because the object already had this image before this update (policy \"corporate\" has existingImages: Allow)"),
+        "{}",
+        v.reason
+    );
+    // A new untrusted image is denied; the old one still only warns.
+    let d = decide_update(&set, &deployment(&["nginx:1.25", "redis:7"]), &old);
+    assert_eq!(d.verdict(), Verdict::Deny);
+    let modes: Vec<(Mode, bool)> = d.violations.iter().map(|v| (v.mode, v.existing)).collect();
+    assert_eq!(modes, [(Mode::Warn, true), (Mode::Enforce, false)]);
+    // Compared as written: the same image spelled differently is new.
+    assert_eq!(decide_update(&set, &deployment(&["docker.io/library/nginx:1.25"]), &old).verdict(), Verdict::Deny);
+    // An image of any old list counts, whichever list it moves to.
+    let old_init = json!({"kind": "Deployment", "metadata": {"name": "web"},
+        "spec": {"template": {"spec": {"initContainers": [{"name": "i", "image": "nginx:1.25"}], "containers": []}}}});
+    assert_eq!(decide_update(&set, &deployment(&["nginx:1.25"]), &old_init).verdict(), Verdict::Warn);
+    // CREATE (no old object) is checked in full.
+    assert_eq!(decide_images(&set, &["nginx:1.25"]).verdict(), Verdict::Deny);
+}
+
+#[test]
+fn existing_images_deny_and_modes() {
+    let mk = |name: &str, mode: &str, existing: &str| {
+        policy(name, json!({"mode": mode, "existingImages": existing, "trustedRegistries": ["registry.my.com"]}))
+    };
+    let old = deployment(&["nginx:1.25"]);
+    let verdict = |p| decide_update(&set(&[p]), &old, &old);
+    assert_eq!(verdict(mk("e", "Enforce", "Deny")).verdict(), Verdict::Deny);
+    assert!(!verdict(mk("e", "Enforce", "Deny")).violations[0].existing);
+    // Warn stays a warning, Audit stays silent; both still report the violation.
+    let warn = verdict(mk("w", "Warn", "Allow"));
+    assert_eq!(
+        (warn.verdict(), warn.violations[0].mode, warn.violations[0].existing),
+        (Verdict::Warn, Mode::Warn, true)
+    );
+    let audit = verdict(mk("a", "Audit", "Allow"));
+    assert_eq!(
+        (audit.verdict(), audit.violations[0].mode, audit.violations[0].existing),
+        (Verdict::Allow, Mode::Audit, true)
+    );
+    // Each policy decides for itself: one Deny policy still denies.
+    let d = decide_update(&set(&[mk("soft", "Enforce", "Allow"), mk("strict", "Enforce", "Deny")]), &old, &old);
+    assert_eq!(d.verdict(), Verdict::Deny);
+    assert_eq!(d.violations.len(), 2);
+}
+
+#[test]
+fn existing_images_cover_registry_rule_violations_but_never_invalid_images() {
+    let set = set(&[rules_policy()]);
+    let old = deployment(&["nginx:1.25"]);
+    let d = decide_update(&set, &old, &old);
+    assert_eq!((d.verdict(), d.violations[0].kind), (Verdict::Warn, ViolationKind::RuleDigestRequired));
+    let bad = deployment(&["Bad Image"]);
+    let d = decide_update(&set, &bad, &bad);
+    assert_eq!(d.verdict(), Verdict::Deny);
+    assert!(!d.violations[0].existing);
+}

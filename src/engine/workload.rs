@@ -66,13 +66,36 @@ impl fmt::Display for FieldPath {
     }
 }
 
-/// One container of a workload: its name, its image as written, and where it is.
+/// One container of a workload: its name, its image as written, its pull policy, and where
+/// it is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Container<'a> {
     pub name: Cow<'a, str>,
     /// `None` when the field is absent; an absent image is a violation, never skipped.
     pub image: Option<Cow<'a, str>>,
+    pub pull_policy: PullPolicy<'a>,
     pub field: FieldPath,
+}
+
+/// A container's `imagePullPolicy`, as far as the source tells it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullPolicy<'a> {
+    /// Written in the object (the API server has defaulted it by the time a webhook sees it).
+    Set(Cow<'a, str>),
+    /// Absent from a manifest: the API server will default it from the image.
+    Unset,
+    /// The source carries no pull policy at all (ImageReview): pull-policy rules do not apply.
+    Unknown,
+}
+
+impl PullPolicy<'_> {
+    fn into_owned(self) -> PullPolicy<'static> {
+        match self {
+            PullPolicy::Set(p) => PullPolicy::Set(Cow::Owned(p.into_owned())),
+            PullPolicy::Unset => PullPolicy::Unset,
+            PullPolicy::Unknown => PullPolicy::Unknown,
+        }
+    }
 }
 
 /// What the engine needs of an object: its identity and its containers.
@@ -139,7 +162,12 @@ impl<'a> Workload<'a> {
             containers: self
                 .containers
                 .into_iter()
-                .map(|c| Container { name: own(c.name), image: c.image.map(own), field: c.field })
+                .map(|c| Container {
+                    name: own(c.name),
+                    image: c.image.map(own),
+                    pull_policy: c.pull_policy.into_owned(),
+                    field: c.field,
+                })
                 .collect(),
         }
     }
@@ -217,6 +245,11 @@ impl<'a> RawSpec<'a> {
                 out.push(Container {
                     name: c.name.clone().map(|t| t.0).unwrap_or_default(),
                     image: c.image.clone().map(|t| t.0),
+                    pull_policy: match &c.image_pull_policy {
+                        // An empty string is what the API server would default too.
+                        Some(p) if !p.0.is_empty() => PullPolicy::Set(p.0.clone()),
+                        _ => PullPolicy::Unset,
+                    },
                     field: FieldPath { spec, list, index },
                 });
             }
@@ -225,11 +258,14 @@ impl<'a> RawSpec<'a> {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct RawContainer<'a> {
     #[serde(borrow, default)]
     name: Option<Text<'a>>,
     #[serde(borrow, default)]
     image: Option<Text<'a>>,
+    #[serde(borrow, default)]
+    image_pull_policy: Option<Text<'a>>,
 }
 
 /// A string that borrows from the input when it can. (`Option<Cow<str>>` always copies in
@@ -338,6 +374,20 @@ mod tests {
         let w = Workload::read(None, &mut de).unwrap();
         assert_eq!(&*w.generate_name, "web-");
         assert!(matches!(w.containers[0].image, Some(Cow::Borrowed("nginx"))));
+    }
+
+    #[test]
+    fn pull_policy_is_read_per_container() {
+        let pod = json!({"kind": "Pod", "spec": {
+            "initContainers": [{"name": "i", "image": "a", "imagePullPolicy": "Always"}],
+            "containers": [{"name": "x", "image": "b"}, {"name": "y", "image": "c", "imagePullPolicy": "IfNotPresent"}]}});
+        let w = Workload::read(None, &pod).unwrap();
+        let policies: Vec<&PullPolicy<'_>> = w.containers.iter().map(|c| &c.pull_policy).collect();
+        assert_eq!(
+            policies,
+            [&PullPolicy::Set("Always".into()), &PullPolicy::Unset, &PullPolicy::Set("IfNotPresent".into())]
+        );
+        assert_eq!(w.into_owned().containers[2].pull_policy, PullPolicy::Set("IfNotPresent".into()));
     }
 
     #[test]
