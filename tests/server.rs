@@ -492,24 +492,3 @@ async fn idle_connections_are_closed() {
     // The server sends GOAWAY once the connection has been idle; the client connection ends.
     tokio::time::timeout(PATIENCE, connection).await.expect("an idle HTTP/2 connection is closed").unwrap().unwrap();
 }
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_cap_wait_for_a_free_slot() {
-    let pki = Pki::new("cap CA");
-    let server = TestServer::ready(&pki, Limits { max_connections: 2, ..limits() }).await;
-    let config = client_config(&[&pki.ca], &[]);
-    let first = tls_connect(server.addr, config.clone()).await.unwrap();
-    let _second = tls_connect(server.addr, config.clone()).await.unwrap();
-
-    // The third TCP connection sits in the backlog: its handshake cannot complete...
-    let third = tokio::spawn(tls_connect(server.addr, config.clone()));
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(!third.is_finished(), "a third connection was served beyond the cap of 2");
-
-    // ...until a slot frees up.
-    drop(first);
-    let third = tokio::time::timeout(PATIENCE, third).await.expect("served once a slot is free").unwrap().unwrap();
-    let mut h1: H1 = http1(third).await;
-    let (status, _) = read(exchange(&mut h1, post("/validate", fixture("pod-create-allowed.json"))).await).await;
-    assert_eq!(status, StatusCode::OK);
-}

@@ -10,12 +10,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::admission::connections::{Refusal, Shed};
 use crate::api::Mode;
 
 use crate::engine::Verdict;
@@ -63,6 +64,11 @@ struct RejectionLabels {
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -101,6 +107,9 @@ pub struct AdmissionMetrics {
     duration: HistogramFamily<EndpointLabels>,
     rejections: Family<RejectionLabels, Counter>,
     in_flight: Gauge,
+    connections: Gauge,
+    refused: Family<ReasonLabels, Counter>,
+    shed: Family<ReasonLabels, Counter>,
 }
 
 impl AdmissionMetrics {
@@ -111,6 +120,9 @@ impl AdmissionMetrics {
             duration: Family::new_with_constructor(latency_histogram),
             rejections: Family::default(),
             in_flight: Gauge::default(),
+            connections: Gauge::default(),
+            refused: Family::default(),
+            shed: Family::default(),
         };
         registry.register(
             "requests",
@@ -129,7 +141,38 @@ impl AdmissionMetrics {
             metrics.rejections.clone(),
         );
         registry.register("in_flight_requests", "Requests received and not yet answered", metrics.in_flight.clone());
+        registry.register(
+            "open_connections",
+            "Admission connections open now (in the TLS handshake or established)",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Connections closed as soon as accepted, by reason (per_source_limit: the client's address holds --max-connections-per-source; global_limit: --max-connections are open and all busy)",
+            metrics.refused.clone(),
+        );
+        registry.register(
+            "connections_shed",
+            "Open connections closed early, by reason (handshake_timeout: no TLS handshake within --handshake-timeout; handshaking, idle: closed at --max-connections to admit a new one)",
+            metrics.shed.clone(),
+        );
         metrics
+    }
+
+    /// Counts a connection closed as soon as it was accepted.
+    pub fn connection_refused(&self, reason: Refusal) {
+        self.refused.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
+    }
+
+    /// Counts an open connection closed early.
+    pub fn connection_shed(&self, reason: Shed) {
+        self.shed.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
+    }
+
+    /// Counts a connection as open until the returned guard is dropped.
+    pub fn connection_opened(&self) -> InFlightRequest {
+        self.connections.inc();
+        InFlightRequest(self.connections.clone())
     }
 
     /// Counts a request as in flight until the returned guard is dropped.
@@ -156,7 +199,8 @@ impl AdmissionMetrics {
     }
 }
 
-/// A request in flight; dropping it (answered or abandoned) counts it out.
+/// A request in flight or a connection open; dropping it (answered, abandoned, closed) counts
+/// it out.
 #[derive(Debug)]
 pub(crate) struct InFlightRequest(Gauge);
 
@@ -279,6 +323,33 @@ impl Collector for SnapshotCollector {
     }
 }
 
+/// Reports `trustgate_log_lines_dropped_total`: log lines the non-blocking log writer dropped
+/// because its queue was full (a burst faster than stderr drains). Decisions are still answered
+/// and counted in the request metrics; only their log lines are lost.
+#[derive(Debug)]
+pub struct LogCollector {
+    dropped: tracing_appender::non_blocking::ErrorCounter,
+}
+
+impl LogCollector {
+    pub fn register(registry: &mut Registry, dropped: tracing_appender::non_blocking::ErrorCounter) {
+        registry.register_collector(Box::new(LogCollector { dropped }));
+    }
+}
+
+impl Collector for LogCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let dropped = ConstCounter::new(u64::try_from(self.dropped.dropped_lines()).unwrap_or(u64::MAX));
+        let metric = encoder.encode_descriptor(
+            "log_lines_dropped",
+            "Log lines dropped because the log writer's queue was full",
+            None,
+            dropped.metric_type(),
+        )?;
+        dropped.encode(metric)
+    }
+}
+
 fn unix_seconds() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
@@ -340,6 +411,61 @@ mod tests {
         assert!(text.contains("trustgate_ready 1"), "{text}");
         assert!(text.contains(r#"trustgate_policies{mode="Warn"} 1"#), "{text}");
         assert!(text.contains(r#"trustgate_policies{mode="Enforce"} 0"#), "{text}");
+    }
+
+    #[test]
+    fn connection_refusals_and_sheds_are_counted_by_reason() {
+        let mut registry = registry();
+        let metrics = AdmissionMetrics::register(&mut registry);
+        metrics.connection_refused(Refusal::PerSourceLimit);
+        metrics.connection_refused(Refusal::PerSourceLimit);
+        metrics.connection_shed(Shed::HandshakeTimeout);
+        let _open = [metrics.connection_opened(), metrics.connection_opened()];
+        drop(metrics.connection_opened());
+        let text = encode(&registry).unwrap();
+        assert!(
+            text.contains(r#"trustgate_admission_connections_refused_total{reason="per_source_limit"} 2"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"trustgate_admission_connections_shed_total{reason="handshake_timeout"} 1"#), "{text}");
+        assert!(text.contains("trustgate_admission_open_connections 2"), "{text}");
+    }
+
+    /// A log writer that blocks until told to go on, as a stalled stderr pipe does.
+    struct StalledWriter(std::sync::Arc<std::sync::Mutex<()>>);
+
+    impl std::io::Write for StalledWriter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            drop(self.0.lock());
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn log_lines_dropped_by_a_full_queue_are_counted() {
+        use std::io::Write as _;
+        let gate = std::sync::Arc::new(std::sync::Mutex::new(()));
+        let held = gate.lock().unwrap();
+        let (mut writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+            .buffered_lines_limit(4)
+            .finish(StalledWriter(gate.clone()));
+        let mut registry = registry();
+        LogCollector::register(&mut registry, writer.error_counter());
+        assert!(encode(&registry).unwrap().contains("trustgate_log_lines_dropped_total 0"));
+        for _ in 0..100 {
+            writer.write_all(b"a decision\n").unwrap();
+        }
+        // At most the queue and the one line being written got through.
+        let dropped = writer.error_counter().dropped_lines();
+        assert!(dropped >= 100 - 4 - 1, "{dropped}");
+        let text = encode(&registry).unwrap();
+        assert!(text.contains("# TYPE trustgate_log_lines_dropped counter"), "{text}");
+        assert!(text.contains(&format!("trustgate_log_lines_dropped_total {dropped}")), "{text}");
+        drop(held);
+        drop(guard);
     }
 
     #[test]

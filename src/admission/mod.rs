@@ -1,7 +1,9 @@
 //! The admission shell: `review` (PURE: AdmissionReview/ImageReview in, response out), the HTTPS
-//! server, TLS credentials and their reload, the admin port and metrics. Imports `engine`, `api`.
+//! server and its connection table, TLS credentials and their reload, the admin port and
+//! metrics. Imports `engine`, `api`.
 
 pub mod admin;
+pub mod connections;
 pub mod metrics;
 pub mod poll;
 pub mod review;

@@ -1,5 +1,5 @@
 //! The HTTPS admission server: TLS listener, HTTP/1.1 and HTTP/2 (by ALPN), routing, limits,
-//! timeouts, a connection cap and graceful drain. A thin shell: every decision is made by the
+//! timeouts, connection limits (see [`crate::admission::connections`]) and graceful drain. A thin shell: every decision is made by the
 //! pure [`crate::admission::review`] functions on the current [`Snapshot`](crate::engine::snapshot::Snapshot).
 //!
 //! The hot path reads the store once per request, never holds a lock across an `.await`, and
@@ -8,24 +8,23 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::field::{Empty, Field, Value};
 
+use crate::admission::connections::{self, Activity, ConnectionTable, Shed, Slot};
 use crate::admission::metrics::{AdmissionMetrics, Endpoint};
 use crate::admission::review::{AdmissionRequest, ImageRequest, Outcome};
 use crate::engine::snapshot::Store;
@@ -34,20 +33,36 @@ use crate::engine::{Verdict, Violation};
 /// Request bodies above this size are refused with 413.
 pub(crate) const MAX_BODY: usize = 4 * 1024 * 1024;
 
+/// How much of an over-limit HTTP/2 body is read and discarded after the 413, so that the
+/// stream ends with the client's last frame instead of a reset: curl, for one, reports a reset
+/// (even `NO_ERROR`) during its upload as an error and drops the 413 it already received.
+const MAX_DRAIN: usize = 16 * 1024 * 1024;
+
+/// HTTP/2 streams a client may have open on one connection; more are refused (`REFUSED_STREAM`).
+const MAX_CONCURRENT_STREAMS: u32 = 100;
+
+/// Largest HTTP/2 or HTTP/1.1 header list accepted (the API server sends well under 1 KiB).
+const MAX_HEADER_LIST: u32 = 16 * 1024;
+
 /// Limits and timeouts of the admission server.
 #[derive(Debug, Clone)]
 pub struct Limits {
     /// Largest accepted request body (413 above).
     pub max_body: usize,
-    /// Time allowed for the TLS handshake and for each request's headers. For HTTP/1.1 it also
-    /// bounds how long a kept-alive connection may sit idle between requests.
+    /// Time allowed for the TLS handshake, from accept to its end.
+    pub handshake_timeout: Duration,
+    /// Time allowed for each request's headers. For HTTP/1.1 it also bounds how long a
+    /// kept-alive connection may sit idle between requests.
     pub header_read_timeout: Duration,
     /// Time allowed to receive a request's body (408 after it).
     pub request_timeout: Duration,
     /// A connection with no request in flight for this long is closed.
     pub idle_timeout: Duration,
-    /// Connections served at once; further clients wait in the listen backlog.
+    /// Connections open at once. At the cap an idle or handshaking connection of the address
+    /// holding the most is shed for a new one; if every one is busy the new one is refused.
     pub max_connections: usize,
+    /// Connections open at once from one source address; more are refused.
+    pub max_connections_per_source: usize,
     /// How long in-flight requests may take to finish after shutdown starts.
     pub drain_grace: Duration,
 }
@@ -56,10 +71,12 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body: MAX_BODY,
+            handshake_timeout: Duration::from_secs(3),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             max_connections: 1024,
+            max_connections_per_source: 256,
             drain_grace: Duration::from_secs(25),
         }
     }
@@ -105,13 +122,24 @@ impl Admission {
         }
         let declared = request.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
         if declared.is_some_and(|len| len > self.max_body as u64) {
+            if request.version() == http::Version::HTTP_2 {
+                self.drain(request.into_body());
+            }
             return self.too_large();
         }
-        let body = Limited::new(request.into_body(), self.max_body);
-        let body = match tokio::time::timeout(self.request_timeout, body.collect()).await {
-            Ok(Ok(collected)) => collected.to_bytes(),
-            Ok(Err(e)) if e.is::<LengthLimitError>() => return self.too_large(),
-            Ok(Err(e)) => return self.reject(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}")),
+        let http2 = request.version() == http::Version::HTTP_2;
+        let mut incoming = request.into_body();
+        let body = match tokio::time::timeout(self.request_timeout, collect(&mut incoming, self.max_body)).await {
+            Ok(Ok(body)) => body,
+            Ok(Err(BodyError::TooLarge)) => {
+                if http2 {
+                    self.drain(incoming);
+                }
+                return self.too_large();
+            }
+            Ok(Err(BodyError::Read(e))) => {
+                return self.reject(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"));
+            }
             Err(_) => {
                 return self.reject(
                     StatusCode::REQUEST_TIMEOUT,
@@ -221,6 +249,24 @@ impl Admission {
         json(answer.body)
     }
 
+    /// Reads and discards the rest of an over-limit HTTP/2 body (at most [`MAX_DRAIN`] bytes,
+    /// within the request timeout) while the 413 goes out.
+    fn drain(&self, mut body: Incoming) {
+        let timeout = self.request_timeout;
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(timeout, async {
+                let mut drained = 0usize;
+                while let Some(Ok(frame)) = body.frame().await {
+                    drained += frame.data_ref().map_or(0, Bytes::len);
+                    if drained > MAX_DRAIN {
+                        break;
+                    }
+                }
+            })
+            .await;
+        });
+    }
+
     fn too_large(&self) -> Response<Body> {
         self.reject(StatusCode::PAYLOAD_TOO_LARGE, format!("the request body exceeds {} bytes", self.max_body))
     }
@@ -235,6 +281,27 @@ impl Admission {
         response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
         response
     }
+}
+
+#[derive(Debug)]
+enum BodyError {
+    TooLarge,
+    Read(hyper::Error),
+}
+
+/// Reads a request body of at most `max` bytes, leaving the rest in `body` when it is larger.
+async fn collect(body: &mut Incoming, max: usize) -> Result<Bytes, BodyError> {
+    let mut collected = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(BodyError::Read)?;
+        if let Some(data) = frame.data_ref() {
+            if collected.len() + data.len() > max {
+                return Err(BodyError::TooLarge);
+            }
+            collected.extend_from_slice(data);
+        }
+    }
+    Ok(Bytes::from(collected))
 }
 
 /// Logs the one line of a decision, inside the request's span: at info when anything was
@@ -298,44 +365,6 @@ fn json(body: Vec<u8>) -> Response<Body> {
     response
 }
 
-/// When a connection last finished a request, and how many it has in flight.
-#[derive(Debug)]
-struct Activity {
-    opened: Instant,
-    in_flight: AtomicUsize,
-    last_millis: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Arc<Self> {
-        Arc::new(Activity { opened: Instant::now(), in_flight: AtomicUsize::new(0), last_millis: AtomicU64::new(0) })
-    }
-
-    fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(self.clone())
-    }
-
-    /// When the connection will have been idle for `idle`, or `None` if a request is in flight.
-    fn idle_deadline(&self, idle: Duration) -> Option<Instant> {
-        if self.in_flight.load(Ordering::Relaxed) > 0 {
-            return None;
-        }
-        Some(self.opened + Duration::from_millis(self.last_millis.load(Ordering::Relaxed)) + idle)
-    }
-}
-
-/// Marks a request in flight until dropped (completed or cancelled).
-struct InFlight(Arc<Activity>);
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let millis = u64::try_from(self.0.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.0.last_millis.store(millis, Ordering::Relaxed);
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
 /// Serves admission over TLS on `listener` until `shutdown`, then stops accepting, lets
 /// in-flight requests finish (at most `limits.drain_grace`) and returns.
 pub async fn serve(
@@ -347,22 +376,35 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(MAX_HEADER_LIST as usize * 4);
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_concurrent_streams(250)
+        .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(MAX_HEADER_LIST)
+        // Streams a client opens and resets before they are served (the rapid-reset attack):
+        // past this many at once the connection is closed with ENHANCE_YOUR_CALM.
+        .max_pending_accept_reset_streams(Some(20))
+        // Streams the server had to reset for a client's protocol errors ("MadeYouReset").
+        .max_local_error_reset_streams(Some(256))
+        // Responses are a few KiB: a client that never opens its window holds at most this
+        // much of each response in memory.
+        .max_send_buf_size(64 * 1024)
+        .initial_stream_window_size(1024 * 1024)
+        .initial_connection_window_size(2 * 1024 * 1024)
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let table = ConnectionTable::new(limits.max_connections, limits.max_connections_per_source);
     let connections = TaskTracker::new();
 
     loop {
-        let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => permit.expect("the connection semaphore is never closed"),
-        };
+        // Never wait for a free slot before accepting: a connection left in the listen backlog
+        // cannot be told apart from the API server's. Accept, then decide.
         let (tcp, peer) = tokio::select! {
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -375,6 +417,21 @@ pub async fn serve(
                 }
             },
         };
+        let slot = match table.admit(peer.ip()) {
+            connections::Admission::Admitted { slot, shed } => {
+                if let Some(reason) = shed {
+                    admission.metrics.connection_shed(reason);
+                }
+                slot
+            }
+            connections::Admission::Refused(reason) => {
+                // Debug only: a flood must not turn into a flood of log lines.
+                tracing::debug!(%peer, reason = reason.as_str(), "connection refused");
+                admission.metrics.connection_refused(reason);
+                drop(tcp);
+                continue;
+            }
+        };
         let connection = Connection {
             acceptor: acceptor.clone(),
             builder: builder.clone(),
@@ -382,10 +439,7 @@ pub async fn serve(
             limits: limits.clone(),
             shutdown: shutdown.clone(),
         };
-        connections.spawn(async move {
-            connection.serve(tcp, peer).await;
-            drop(permit);
-        });
+        connections.spawn(connection.serve(tcp, peer, slot));
     }
     // Closing the listener refuses new connections from here on.
     drop(listener);
@@ -409,20 +463,28 @@ struct Connection {
 }
 
 impl Connection {
-    async fn serve(self, tcp: TcpStream, peer: SocketAddr) {
+    async fn serve(self, tcp: TcpStream, peer: SocketAddr, slot: Slot) {
+        let _open = self.admission.metrics.connection_opened();
         let _ = tcp.set_nodelay(true);
-        let tls = match tokio::time::timeout(self.limits.header_read_timeout, self.acceptor.accept(tcp)).await {
-            Ok(Ok(tls)) => tls,
-            Ok(Err(error)) => {
-                tracing::debug!(%peer, %error, "TLS handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "TLS handshake timed out");
-                return;
-            }
+        let handshake = tokio::time::timeout(self.limits.handshake_timeout, self.acceptor.accept(tcp));
+        let tls = tokio::select! {
+            result = handshake => match result {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(error)) => {
+                    tracing::debug!(%peer, %error, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    self.admission.metrics.connection_shed(Shed::HandshakeTimeout);
+                    return;
+                }
+            },
+            // Counted by the accept loop, which chose it.
+            () = slot.shed().cancelled() => return,
         };
         let activity = Activity::new();
+        slot.established(activity.clone());
         let admission = self.admission.clone();
         let in_flight = activity.clone();
         let service = service_fn(move |request| {
@@ -436,10 +498,14 @@ impl Connection {
         });
         let connection = self.builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(connection);
-        let mut closing = false;
+        // Once closing starts, how long the connection may take to finish: HTTP/2 waits for its
+        // open streams, and a client that never opens its flow-control window would hold them
+        // (and this task) forever.
+        let mut closing: Option<Instant> = None;
         loop {
             let idle_deadline = activity.idle_deadline(self.limits.idle_timeout);
             let recheck = idle_deadline.unwrap_or_else(|| Instant::now() + self.limits.idle_timeout);
+            let give_up = closing.unwrap_or_else(|| Instant::now() + self.limits.idle_timeout);
             tokio::select! {
                 result = connection.as_mut() => {
                     if let Err(error) = result {
@@ -447,16 +513,26 @@ impl Connection {
                     }
                     return;
                 }
-                () = self.shutdown.cancelled(), if !closing => {
-                    closing = true;
+                () = self.shutdown.cancelled(), if closing.is_none() => {
+                    // The drain grace period bounds this one.
+                    closing = Some(Instant::now() + self.limits.drain_grace);
                     connection.as_mut().graceful_shutdown();
                 }
-                () = tokio::time::sleep_until(recheck.into()), if !closing => {
+                () = slot.shed().cancelled(), if closing.is_none() => {
+                    tracing::debug!(%peer, "shedding idle connection for a new one");
+                    closing = Some(Instant::now() + self.limits.request_timeout);
+                    connection.as_mut().graceful_shutdown();
+                }
+                () = tokio::time::sleep_until(recheck.into()), if closing.is_none() => {
                     if activity.idle_deadline(self.limits.idle_timeout).is_some_and(|d| d <= Instant::now()) {
                         tracing::debug!(%peer, "closing idle connection");
-                        closing = true;
+                        closing = Some(Instant::now() + self.limits.request_timeout);
                         connection.as_mut().graceful_shutdown();
                     }
+                }
+                () = tokio::time::sleep_until(give_up.into()), if closing.is_some() => {
+                    tracing::debug!(%peer, "connection did not close in time: dropping it");
+                    return;
                 }
             }
         }

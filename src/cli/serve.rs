@@ -19,7 +19,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::admin::{self, Admin};
-use crate::admission::metrics::{self, AdmissionMetrics, SnapshotCollector, SourceMetrics, TlsMetrics};
+use crate::admission::metrics::{self, AdmissionMetrics, LogCollector, SnapshotCollector, SourceMetrics, TlsMetrics};
 use crate::admission::server::{self, Admission, Limits};
 use crate::admission::tls::{CertificateFiles, Credentials, Reloader, SelfSigned};
 use crate::cluster::file_source::{self, FileSource};
@@ -116,12 +116,23 @@ pub struct ServeArgs {
     #[arg(long, env = "POD_NAME", value_name = "NAME")]
     pub identity: Option<String>,
 
-    /// Admission connections served at once; more clients wait in the listen backlog.
+    /// Admission connections open at once. At the cap, a connection still in its TLS handshake
+    /// or with no request in flight, from the address holding the most, is closed to make room;
+    /// if all are busy the new one is refused.
     #[arg(long, default_value_t = 1024, value_name = "N")]
     pub max_connections: usize,
 
-    /// Time allowed for a TLS handshake and for a request's headers; also how long an idle
-    /// HTTP/1.1 keep-alive connection is kept.
+    /// Admission connections open at once from one source address; more are refused at once.
+    /// The API server needs a few per address (HTTP/2) or one per concurrent review (HTTP/1.1).
+    #[arg(long, default_value_t = 256, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections_per_source: u32,
+
+    /// Time allowed for a TLS handshake, from the connection's accept.
+    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub handshake_timeout: Duration,
+
+    /// Time allowed for a request's headers; also how long an idle HTTP/1.1 keep-alive
+    /// connection is kept.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub header_read_timeout: Duration,
 
@@ -161,10 +172,12 @@ impl ServeArgs {
     fn limits(&self) -> Limits {
         Limits {
             max_body: server::MAX_BODY,
+            handshake_timeout: self.handshake_timeout,
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
+            max_connections_per_source: self.max_connections_per_source as usize,
             drain_grace: self.drain_grace,
         }
     }
@@ -188,21 +201,24 @@ impl ServeArgs {
 /// Runs the server until a signal; returns the process exit code.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Flushes the log lines still queued when dropped, at exit.
-    let _logs = init_tracing(args.log_format);
+    let (_logs, dropped_lines) = init_tracing(args.log_format);
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.worker_threads {
         runtime.worker_threads(usize::from(threads));
     }
     let runtime = runtime.enable_all().thread_name("trustgate").build().context("cannot start the async runtime")?;
-    let code = runtime.block_on(serve(args));
+    let code = runtime.block_on(serve(args, dropped_lines));
     // Whatever is still running (a second signal cut the drain short) is abandoned.
     runtime.shutdown_background();
     code
 }
 
 /// Logs go to stderr through a background thread: a request never waits on the log pipe, and
-/// lines are dropped (not queued without bound) if it cannot keep up.
-fn init_tracing(format: Option<LogFormat>) -> tracing_appender::non_blocking::WorkerGuard {
+/// lines are dropped (not queued without bound) if it cannot keep up; the returned counter says
+/// how many (`trustgate_log_lines_dropped_total`).
+fn init_tracing(
+    format: Option<LogFormat>,
+) -> (tracing_appender::non_blocking::WorkerGuard, tracing_appender::non_blocking::ErrorCounter) {
     let terminal = std::io::stderr().is_terminal();
     let format = format.unwrap_or(if terminal { LogFormat::Text } else { LogFormat::Json });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -211,6 +227,7 @@ fn init_tracing(format: Option<LogFormat>) -> tracing_appender::non_blocking::Wo
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(8192)
         .finish(std::io::stderr());
+    let dropped = writer.error_counter();
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(terminal);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
@@ -219,14 +236,31 @@ fn init_tracing(format: Option<LogFormat>) -> tracing_appender::non_blocking::Wo
     if let Err(e) = result {
         eprintln!("warning: logging is already set up: {e}");
     }
-    guard
+    (guard, dropped)
 }
 
-async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
+/// The listen backlog of the admission port: a burst of connections waits here for the accept
+/// loop (which never blocks) instead of being dropped and retried by the clients' SYN timers.
+/// The kernel caps it at `net.core.somaxconn` (4096 by default since Linux 5.4).
+const BACKLOG: u32 = 4096;
+
+/// Binds the admission port with [`BACKLOG`].
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+async fn serve(
+    args: ServeArgs,
+    dropped_lines: tracing_appender::non_blocking::ErrorCounter,
+) -> anyhow::Result<ExitCode> {
     let source_kind = args.source()?;
     let store = Store::new();
     let mut registry = metrics::registry();
     SnapshotCollector::register(&mut registry, store.clone());
+    LogCollector::register(&mut registry, dropped_lines);
     let admission_metrics = AdmissionMetrics::register(&mut registry);
     let shutdown = CancellationToken::new();
 
@@ -271,7 +305,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<ExitCode> {
         tokio::spawn(reloader.run(args.tls_reload_interval, shutdown.clone()));
     }
 
-    let listener = TcpListener::bind(args.addr).await.with_context(|| format!("cannot listen on {}", args.addr))?;
+    let listener = listen(args.addr).with_context(|| format!("cannot listen on {}", args.addr))?;
     let admin_listener =
         TcpListener::bind(args.admin_addr).await.with_context(|| format!("cannot listen on {}", args.admin_addr))?;
     tracing::info!(
@@ -378,6 +412,11 @@ mod tests {
         assert_eq!(args.audit_interval, Duration::from_secs(300));
         assert_eq!(args.lease_name, "trustgate-leader");
         assert_eq!(args.max_connections, 1024);
+        let limits = args.limits();
+        let defaults = Limits::default();
+        assert_eq!(limits.max_connections_per_source, defaults.max_connections_per_source);
+        assert_eq!(limits.handshake_timeout, defaults.handshake_timeout);
+        assert_eq!(limits.header_read_timeout, defaults.header_read_timeout);
         assert_eq!(args.source().unwrap(), PolicySource::Kubernetes);
     }
 

@@ -129,6 +129,15 @@ impl TestServer {
         metrics::encode(&self.registry).unwrap()
     }
 
+    /// Waits until the metric `series` (name and labels) has the value `value`.
+    pub async fn await_value(&self, series: &str, value: f64) {
+        let deadline = Instant::now() + PATIENCE;
+        while metric_value(&self.metrics(), series) != value {
+            assert!(Instant::now() < deadline, "{series} never became {value}:\n{}", self.metrics());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Waits until the metrics text contains `needle`.
     pub async fn await_metric(&self, needle: &str) {
         let deadline = Instant::now() + PATIENCE;
@@ -157,6 +166,31 @@ pub fn client_config(roots: &[&CertificateDer<'static>], alpn: &[&[u8]]) -> Arc<
 pub async fn tls_connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>) -> std::io::Result<TlsStream<TcpStream>> {
     let tcp = TcpStream::connect(addr).await?;
     TlsConnector::from(config).connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
+/// Opens a TCP connection from `source` (any address of 127/8 is local on Linux): how the tests
+/// tell one client address from another.
+pub async fn tcp_from(source: std::net::IpAddr, addr: SocketAddr) -> std::io::Result<TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
+/// [`tls_connect`] from the address `source`.
+pub async fn tls_connect_from(
+    source: std::net::IpAddr,
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> std::io::Result<TlsStream<TcpStream>> {
+    let tcp = tcp_from(source, addr).await?;
+    TlsConnector::from(config).connect(ServerName::try_from("localhost").unwrap(), tcp).await
+}
+
+/// The value of one sample line of the metrics text, `name{labels} value`; 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |v| v.trim().parse().unwrap())
 }
 
 /// The DER of the certificate the server presents now.
