@@ -202,7 +202,7 @@ impl AdmissionMetrics {
 /// A request in flight or a connection open; dropping it (answered, abandoned, closed) counts
 /// it out.
 #[derive(Debug)]
-pub(crate) struct InFlightRequest(Gauge);
+pub struct InFlightRequest(Gauge);
 
 impl Drop for InFlightRequest {
     fn drop(&mut self) {
