@@ -42,7 +42,7 @@ use kube::{Api, Client};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
-use trustgate::policy::TrustedRegistryPolicy;
+use trustgate::api::TrustedRegistryPolicy;
 
 const MANAGER: &str = "trustgate-e2e-disruption";
 /// Trusted by the base policy and by the late one: admitted throughout.
@@ -62,6 +62,7 @@ const CATCH_UP_WITHIN: Duration = Duration::from_secs(40);
 // ---------------------------------------------------------------- the kit and its processes
 
 /// The kit's LOCAL cluster the tests may disrupt.
+#[derive(Clone)]
 struct Kit {
     /// The kit's folder (`up`, `down`).
     dir: PathBuf,
@@ -266,7 +267,8 @@ fn free_port() -> u16 {
 
 /// A plain HTTP GET on 127.0.0.1: (status, body).
 fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(2)).ok()?;
+    let mut stream =
+        TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(2)).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
     let mut response = String::new();
@@ -298,7 +300,8 @@ impl ReviewClient {
 
     /// Whether the webhook on `port` admits a Pod running `image` in `namespace`.
     fn admits(&self, port: u16, namespace: &str, image: &str) -> Result<bool, String> {
-        let uid = format!("{:032x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+        let uid =
+            format!("{:032x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
         let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "probe", "namespace": namespace},
                          "spec": {"containers": [{"name": "app", "image": image}]}});
         let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
@@ -391,8 +394,8 @@ fn start_reviewer(
 struct LeaderSamples {
     /// (when, leader gauge of each webhook; None when its /metrics did not answer).
     gauges: Vec<(Instant, Vec<Option<f64>>)>,
-    /// holderIdentity of every Lease read that succeeded.
-    holders: Vec<Option<String>>,
+    /// holderIdentity of every Lease read that succeeded, and when it was sent.
+    holders: Vec<(Instant, Option<String>)>,
 }
 
 impl LeaderSamples {
@@ -405,7 +408,7 @@ impl LeaderSamples {
     fn longest_without_leader(&self) -> Duration {
         let (mut longest, mut since) = (Duration::ZERO, None);
         for (at, gauges) in &self.gauges {
-            if gauges.iter().any(|v| *v == Some(1.0)) {
+            if gauges.contains(&Some(1.0)) {
                 since = None;
             } else {
                 let start = *since.get_or_insert(*at);
@@ -413,6 +416,12 @@ impl LeaderSamples {
             }
         }
         longest
+    }
+
+    /// The longest time between two Lease reads that succeeded: how long the API server did
+    /// not answer.
+    fn longest_without_api(&self) -> Duration {
+        self.holders.windows(2).map(|w| w[1].0.duration_since(w[0].0)).max().unwrap_or_default()
     }
 }
 
@@ -519,8 +528,7 @@ impl Harness {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
-        h.wait_until("the base policy in force", Duration::from_secs(20), |h| h.all_answer(UNTRUSTED, false))
-            .await;
+        h.wait_until("the base policy in force", Duration::from_secs(20), |h| h.all_answer(UNTRUSTED, false)).await;
         h
     }
 
@@ -701,8 +709,9 @@ impl Disruption {
         }
     }
 
-    /// Disrupts and undoes; returns when the component is back (not yet necessarily serving).
-    async fn run(&self, kit: &Kit) {
+    /// Disrupts, and starts undoing: returns once the component is started again (the kit's
+    /// `up`, still waiting for the whole cluster to be ready, is returned to be awaited).
+    async fn run(&self, kit: &Kit) -> Option<tokio::task::JoinHandle<Duration>> {
         let mut restore = Restore { kit, frozen: None };
         match self {
             Disruption::RestartApiServer { down_for } => {
@@ -710,8 +719,8 @@ impl Disruption {
                 kit.signal(pid, "KILL");
                 kit.wait_gone("kube-apiserver", pid);
                 tokio::time::sleep(*down_for).await;
-                let took = tokio::task::block_in_place(|| kit.up());
-                eprintln!("disruption: `up` brought the cluster back in {took:.1?}");
+                let kit = kit.clone();
+                return Some(tokio::task::spawn_blocking(move || kit.up()));
             }
             Disruption::RestartEtcd { down_for } => {
                 let pid = kit.running("etcd");
@@ -730,6 +739,7 @@ impl Disruption {
                 restore.frozen = None;
             }
         }
+        None
     }
 }
 
@@ -781,8 +791,9 @@ async fn survive(test: &str, disruption: Disruption) {
         tokio::spawn(async move {
             let leases = Api::<Lease>::namespaced(client, "default");
             while !stop.load(Ordering::Relaxed) {
+                let at = Instant::now();
                 if let Ok(Ok(Some(l))) = tokio::time::timeout(Duration::from_secs(1), leases.get_opt(&lease)).await {
-                    samples.lock().unwrap().holders.push(l.spec.and_then(|s| s.holder_identity));
+                    samples.lock().unwrap().holders.push((at, l.spec.and_then(|s| s.holder_identity)));
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
@@ -791,7 +802,7 @@ async fn survive(test: &str, disruption: Disruption) {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let outage = Instant::now();
-    disruption.run(&h.kit).await;
+    let bringing_back = disruption.run(&h.kit).await;
     let back = Instant::now();
 
     // As soon as the API server takes writes: the late policy (created or changed) and the
@@ -810,6 +821,10 @@ async fn survive(test: &str, disruption: Disruption) {
     })
     .await;
     let recovered_at = Timestamp::now();
+    if let Some(up) = bringing_back {
+        let took = up.await.expect("the kit's up");
+        eprintln!("disruption: `up` brought the whole cluster back in {took:.1?}");
+    }
     if !h.policies.contains(&h.policy_name("late")) {
         let name = h.policy_name("late");
         h.policies.push(name);
@@ -836,7 +851,11 @@ async fn survive(test: &str, disruption: Disruption) {
         if spec.renew_time.as_ref().is_some_and(|t| t.0 > recovered_at) {
             break spec;
         }
-        assert!(lease_start.elapsed() < CATCH_UP_WITHIN, "the lease was not renewed after recovery: {spec:?}{}", h.logs());
+        assert!(
+            lease_start.elapsed() < CATCH_UP_WITHIN,
+            "the lease was not renewed after recovery: {spec:?}{}",
+            h.logs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     let lease_after = written.elapsed();
@@ -859,7 +878,7 @@ async fn survive(test: &str, disruption: Disruption) {
     assert!(two.is_empty(), "two webhooks led at once at {} samples: {:?}", two.len(), two.first());
     assert!(samples.gauges.iter().all(|(_, g)| g.iter().all(Option::is_some)), "a webhook's /metrics did not answer");
     let strangers: Vec<_> =
-        samples.holders.iter().filter(|h| !h.as_ref().is_some_and(|id| identities.contains(id))).collect();
+        samples.holders.iter().filter(|(_, h)| !h.as_ref().is_some_and(|id| identities.contains(id))).collect();
     assert!(strangers.is_empty(), "holderIdentity named neither webhook: {strangers:?}");
     assert!(
         renewed.holder_identity.as_ref().is_some_and(|id| identities.contains(id)),
@@ -887,7 +906,8 @@ async fn survive(test: &str, disruption: Disruption) {
         .collect();
     let transitions = |s: &k8s_openapi::api::coordination::v1::LeaseSpec| s.lease_transitions.unwrap_or(0);
     eprintln!(
-        "disruption: {}: outage {:.1?} (disruption {:.1?} + first write accepted {:.1?} later); {} reviews answered, \
+        "disruption: {}: outage {:.1?} (disruption {:.1?} + first write accepted {:.1?} later; no lease read answered \
+         for {:.1?}); {} reviews answered, \
          0 failed, slowest {:.0?}; late policy in force {:.2?} after the write; status observed {:.1?} after; \
          lease renewed {:.1?} after (holder {:?} -> {:?}, transitions +{}); longest without a leader {:.1?}; \
          watch errors (policies/namespaces) {errors:?}",
@@ -895,6 +915,7 @@ async fn survive(test: &str, disruption: Disruption) {
         written.duration_since(outage),
         back.duration_since(outage),
         written.duration_since(back),
+        samples.longest_without_api(),
         stats.answered,
         stats.slowest,
         in_force,
