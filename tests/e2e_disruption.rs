@@ -945,3 +945,25 @@ async fn admission_and_election_survive_an_etcd_restart() {
 async fn admission_and_election_survive_a_frozen_kube_apiserver() {
     survive("freeze", Disruption::FreezeApiServer { frozen_for: Duration::from_secs(60) }).await;
 }
+
+/// Pure: runs without a cluster, under plain `cargo test`.
+#[test]
+fn leader_samples_find_two_leaders_and_the_time_without_one() {
+    let t0 = Instant::now();
+    let at = |ms: u64| t0 + Duration::from_millis(ms);
+    let samples = LeaderSamples {
+        gauges: vec![
+            (at(0), vec![Some(1.0), Some(0.0)]),
+            (at(200), vec![Some(0.0), Some(0.0)]),
+            (at(400), vec![Some(0.0), None]),
+            (at(600), vec![Some(0.0), Some(0.0)]),
+            (at(800), vec![Some(0.0), Some(1.0)]),
+            (at(1000), vec![Some(1.0), Some(1.0)]),
+        ],
+        holders: vec![(at(0), Some("a".into())), (at(300), Some("a".into())), (at(1300), Some("b".into()))],
+    };
+    let two: Vec<Instant> = samples.two_leaders().iter().map(|(t, _)| *t).collect();
+    assert_eq!(two, [at(1000)]);
+    assert_eq!(samples.longest_without_leader(), Duration::from_millis(400));
+    assert_eq!(samples.longest_without_api(), Duration::from_millis(1000));
+}
