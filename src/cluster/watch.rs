@@ -3,7 +3,7 @@
 //!
 //! Four loops run side by side until shutdown:
 //! - **watch**: TrustedRegistryPolicy objects and Namespace metadata, retried after errors with
-//!   a short capped backoff ([`Retry`]). Each change that admission would notice publishes a new
+//!   a short capped backoff (`Retry`). Each change that admission would notice publishes a new
 //!   snapshot, the first one once both initial lists are in. Errors only delay: the last snapshot
 //!   stays in place, so admission never waits on the API server.
 //! - **lease**: leader election ([`crate::cluster::lease`]).
@@ -49,10 +49,10 @@ const STATUS_RESYNC: Duration = Duration::from_secs(30);
 /// not hold up the writes after it (kube's client has no response timeout of its own).
 const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first wait of a watcher after an error.
-pub const RETRY_MIN: Duration = Duration::from_millis(500);
+const RETRY_MIN: Duration = Duration::from_millis(500);
 /// The longest wait of a watcher between two attempts: a change made while the API server was
 /// away is seen at most this long after it is back (plus the relist).
-pub const RETRY_MAX: Duration = Duration::from_secs(4);
+const RETRY_MAX: Duration = Duration::from_secs(4);
 
 /// Where the lease lives, who we are, and how often to audit.
 #[derive(Debug, Clone)]
@@ -204,7 +204,7 @@ impl KubeSource {
 /// is too old, as a restarted API server says to every resumed watch) relists at once, as
 /// client-go does, unless the relist itself was answered `410` again.
 #[derive(Debug, Default)]
-pub struct Retry {
+pub(crate) struct Retry {
     failures: u32,
     /// The last error was a `410 Gone`, with no event since.
     gone: bool,
@@ -214,13 +214,13 @@ pub struct Retry {
 
 impl Retry {
     /// Events flow: the next error waits [`RETRY_MIN`] again.
-    pub fn succeeded(&mut self) {
+    pub(crate) fn succeeded(&mut self) {
         self.failures = 0;
         self.gone = false;
     }
 
     /// Records an error at `now`; returns how long the watcher waits before its next attempt.
-    pub fn failed(&mut self, error: &watcher::Error, now: tokio::time::Instant) -> Duration {
+    pub(crate) fn failed(&mut self, error: &watcher::Error, now: tokio::time::Instant) -> Duration {
         let gone = matches!(error, watcher::Error::WatchError(status) if status.code == 410);
         let delay = if gone && !self.gone {
             Duration::ZERO
