@@ -42,6 +42,10 @@ run:
 e2e:
     cargo test --locked --test e2e --test e2e_semantics -- --ignored --test-threads=1
 
+# API server disruption e2e on the kit's local cluster (own state dir and ports; ../shared/k8s)
+e2e-disruption:
+    bash .ci/e2e-disruption.sh
+
 # Check the example workloads against the example policies
 check-examples:
     cargo run -q --locked -- check --policy examples/policies examples/workloads

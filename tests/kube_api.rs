@@ -242,7 +242,8 @@ mod lease {
             answer_get(&mut handle, Some(held("6", "2026-03-01T10:00:10.000000Z")))
         );
         assert!(!r.0);
-        // 15s without a change: expired, take it over.
+        // 15s without a change since the answer that first showed it (which took a moment to
+        // come): expired, take it over.
         let server = async {
             answer_get(&mut handle, Some(held("6", "2026-03-01T10:00:10.000000Z"))).await;
             let (request, send) = next_request(&mut handle).await;
@@ -256,8 +257,74 @@ mod lease {
             );
             send.send_response(json_response(200, body));
         };
-        let (r, ()) = tokio::join!(elector.tick(start + Duration::from_secs(25)), server);
+        let (r, ()) = tokio::join!(elector.tick(start + Duration::from_secs(26)), server);
         assert!(r.0, "the lease expired by our clock");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_follower_counts_a_record_as_seen_from_when_a_slow_answer_arrived() {
+        let (client, mut handle) = mock_client();
+        let mut elector = elector(client, "pod-b", "2026-03-01T10:01:00Z");
+        let held = lease("6", Some("pod-a"), "2026-03-01T10:00:10.000000Z", 3);
+        let start = Instant::now();
+        // The answer takes 4s: pod-a may have renewed just before it was sent.
+        let slow = async {
+            let (request, send) = next_request(&mut handle).await;
+            assert_eq!(request.method, "GET");
+            tokio::time::sleep(Duration::from_secs(4)).await;
+            send.send_response(json_response(200, held.clone()));
+        };
+        let (r, ()) = tokio::join!(elector.tick(start), slow);
+        assert!(!r.0);
+        assert_eq!(start.elapsed(), Duration::from_secs(4));
+        // 15s after the request, but not after the answer: still follow.
+        let (r, ()) = tokio::join!(
+            elector.tick(start + Duration::from_millis(18_900)),
+            answer_get(&mut handle, Some(held.clone()))
+        );
+        assert!(!r.0, "expired counts from the answer, not from the request");
+        let server = async {
+            answer_get(&mut handle, Some(held.clone())).await;
+            let (request, send) = next_request(&mut handle).await;
+            assert_eq!(request.method, "PUT");
+            send.send_response(json_response(200, request.body.unwrap()));
+        };
+        let (r, ()) = tokio::join!(elector.tick(start + Duration::from_secs(19)), server);
+        assert!(r.0, "15s after the answer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hung_api_server_cannot_keep_a_leader_past_its_deadline() {
+        let (client, mut handle) = mock_client();
+        let mut elector = elector(client, "pod-a", "2026-03-01T10:00:00Z");
+        let start = Instant::now();
+        let server = async {
+            answer_get(&mut handle, None).await;
+            let (_, send) = next_request(&mut handle).await;
+            send.send_response(json_response(201, lease("1", Some("pod-a"), "2026-03-01T10:00:00.000000Z", 0)));
+        };
+        let (r, ()) = tokio::join!(elector.tick(start), server);
+        assert!(r.0);
+        assert_eq!(elector.leading_until(), Some(start + Duration::from_secs(10)));
+
+        // 7s later the API server takes the request and never answers: the round is cut at the
+        // 10s deadline (not 5s after it began), and the leader steps down then.
+        tokio::time::sleep(Duration::from_secs(7)).await;
+        let hung = async { next_request(&mut handle).await };
+        let ((leading, error), (request, _unanswered)) = tokio::join!(elector.tick(Instant::now()), hung);
+        assert_eq!(request.line(), format!("GET {URL}"));
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+        assert!(!leading, "past the deadline, 5s before the lease can expire for others");
+        let error = error.expect("a timeout");
+        assert!(matches!(error, trustgate::cluster::lease::LeaseError::Timeout { .. }), "{error:?}");
+        assert_eq!(error.to_string(), "no answer about lease trustgate-system/trustgate within 3s");
+
+        // A follower's round is cut after half the deadline.
+        let round = Instant::now();
+        let hung = async { next_request(&mut handle).await };
+        let ((leading, error), _unanswered) = tokio::join!(elector.tick(Instant::now()), hung);
+        assert!(!leading && error.is_some());
+        assert_eq!(round.elapsed(), Duration::from_secs(5));
     }
 
     #[tokio::test]
@@ -453,6 +520,8 @@ mod source {
         /// Hold namespace lists unanswered until the test releases them.
         hold_namespaces: bool,
         held: Vec<SendResponse<Response<ResponseBody>>>,
+        /// Take lease requests and never answer them (a frozen API server).
+        hang_leases: bool,
         workloads: HashMap<String, Vec<Value>>,
         lease: Option<Value>,
         lease_rv: u64,
@@ -465,6 +534,10 @@ mod source {
         fn reply(&mut self, r: &Recorded, send: SendResponse<Response<ResponseBody>>) {
             let (path, query) = r.uri.split_once('?').unwrap_or((&r.uri, ""));
             let watch = query.contains("watch=true");
+            if self.hang_leases && path.contains("/leases") {
+                self.held.push(send);
+                return;
+            }
             let response = match (r.method.as_str(), path) {
                 ("GET", POLICIES) if watch => {
                     let (tx, response) = stream_response();
@@ -855,6 +928,46 @@ mod source {
         assert_eq!(audits, 0, "only the leader audits");
         assert!(trustgate_metrics(&registry).contains("trustgate_leader 0"));
         drop(c);
+        server.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_leader_cut_off_by_a_hung_api_server_stops_leading_at_its_renew_deadline() {
+        let cluster = Arc::new(Mutex::new(Cluster {
+            policies: vec![policy("corp", 1, "11", json!({"trustedRegistries": ["registry.my.com"]}))],
+            policies_rv: 100,
+            namespaces: vec![namespace("shop", json!({}))],
+            ..Cluster::default()
+        }));
+        let (client, handle) = mock_client();
+        let server = serve(handle, cluster.clone());
+        let store = Store::new();
+        let shutdown = CancellationToken::new();
+        let mut registry = prometheus_client::registry::Registry::with_prefix("trustgate");
+        let config = WatchConfig {
+            lease_namespace: "trustgate-system".into(),
+            lease_name: "trustgate".into(),
+            identity: "pod-a".into(),
+            audit_interval: Duration::from_secs(3600),
+        };
+        let run = tokio::spawn(KubeSource::new(config, &mut registry).run(client, store.clone(), shutdown.clone()));
+        let lease_rv = || cluster.lock().unwrap().lease_rv;
+        eventually("the lease", || (lease_rv() == 1).then_some(())).await;
+        // Right after a renewal, the API server stops answering lease requests.
+        eventually("a renewal", || (lease_rv() == 2).then_some(())).await;
+        cluster.lock().unwrap().hang_leases = true;
+        let renewed = tokio::time::Instant::now();
+        assert!(trustgate_metrics(&registry).contains("trustgate_leader 1"));
+        eventually("stepping down", || trustgate_metrics(&registry).contains("trustgate_leader 0").then_some(())).await;
+        let led_for = renewed.elapsed();
+        assert!(
+            led_for <= Duration::from_secs(10),
+            "led {led_for:?} after its last renewal, past the 10s renew deadline (the lease lasts 15s)"
+        );
+        assert!(led_for >= Duration::from_secs(9), "stepped down early, after {led_for:?}");
+        assert!(store.is_ready(), "admission goes on");
+        shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(10), run).await.expect("run ends on shutdown").unwrap().unwrap();
         server.abort();
     }
 

@@ -7,6 +7,12 @@
 //! so replicas need not agree on the time. A leader that cannot renew steps down after
 //! `renew_deadline`, well before anyone else may take over; on shutdown it releases the lease so
 //! that another replica takes over at once.
+//!
+//! A hung API server (frozen, or a connection that died without a reset) cannot stretch that
+//! deadline: every round is cut short when it comes, a leader's round never outlasts it, and
+//! the leader steps down at the deadline measured when the round ends. A follower counts a
+//! record as seen from when the answer showing it arrived, so a slow answer can only make it
+//! wait longer before taking over.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -170,13 +176,26 @@ impl Elector {
         self.renewed_at.is_some()
     }
 
+    /// While we lead: when we stop leading unless a renewal succeeds before.
+    pub fn leading_until(&self) -> Option<Instant> {
+        self.renewed_at.map(|at| at + self.config.renew_deadline)
+    }
+
     /// One round of the election at `now`; returns whether we lead afterwards. An error from
     /// the API server keeps a leader leading until `renew_deadline` has passed since its last
-    /// renewal, and is returned for logging.
+    /// renewal, and is returned for logging. The round takes at most `renew_deadline / 2`, and
+    /// a leader's round ends by its deadline at the latest.
     pub async fn tick(&mut self, now: Instant) -> (bool, Option<LeaseError>) {
-        // A hung API server must not keep a leader leading past its deadline.
-        let limit = self.config.renew_deadline / 2;
-        let result = tokio::time::timeout(limit, self.try_acquire_or_renew(now)).await.unwrap_or_else(|_| {
+        // `now` is the caller's clock (tests run it ahead); how long the round took is measured.
+        let started = Instant::now();
+        if self.leading_until().is_some_and(|until| now >= until) {
+            self.renewed_at = None;
+        }
+        let mut limit = self.config.renew_deadline / 2;
+        if let Some(until) = self.leading_until() {
+            limit = limit.min(until.saturating_duration_since(now));
+        }
+        let result = tokio::time::timeout(limit, self.try_acquire_or_renew(now, started)).await.unwrap_or_else(|_| {
             Err(LeaseError::Timeout {
                 namespace: self.config.namespace.clone(),
                 name: self.config.name.clone(),
@@ -187,7 +206,8 @@ impl Elector {
             Ok(true) => self.renewed_at = Some(now),
             Ok(false) => self.renewed_at = None,
             Err(e) => {
-                if self.renewed_at.is_some_and(|at| now.duration_since(at) >= self.config.renew_deadline) {
+                let ended = now + started.elapsed();
+                if self.leading_until().is_some_and(|until| ended >= until) {
                     self.renewed_at = None;
                 }
                 return (self.is_leader(), Some(e));
@@ -196,12 +216,13 @@ impl Elector {
         (self.is_leader(), None)
     }
 
-    async fn try_acquire_or_renew(&mut self, now: Instant) -> Result<bool, LeaseError> {
+    async fn try_acquire_or_renew(&mut self, now: Instant, started: Instant) -> Result<bool, LeaseError> {
         let name = self.config.name.clone();
         let current = self.api.get_opt(&name).await.map_err(|source| self.get_error(source))?;
+        let answered = now + started.elapsed();
         let unset = LeaseSpec::default();
         let spec = current.as_ref().map(|l| l.spec.as_ref().unwrap_or(&unset));
-        let expired = spec.is_some_and(|s| self.expired(s, now));
+        let expired = spec.is_some_and(|s| self.expired(s, now, answered));
         let action = next_action(spec, &self.config.identity, expired);
         let Some(spec) = updated_spec(spec, action, &self.config.identity, self.config.lease_duration, (self.clock)())
         else {
@@ -240,8 +261,10 @@ impl Elector {
         }
     }
 
-    /// Whether the holder record has stayed the same for a whole lease duration.
-    fn expired(&mut self, spec: &LeaseSpec, now: Instant) -> bool {
+    /// Whether the holder record has stayed the same for a whole lease duration: from when an
+    /// answer first showed it (`answered`) to when the request that shows it again was sent
+    /// (`now`), so that the time a request takes never counts towards expiry.
+    fn expired(&mut self, spec: &LeaseSpec, now: Instant, answered: Instant) -> bool {
         let record = Record {
             holder: spec.holder_identity.clone(),
             renew_time: spec.renew_time.clone(),
@@ -250,16 +273,17 @@ impl Elector {
         let seen_at = match &self.observed {
             Some((r, at)) if *r == record => *at,
             _ => {
-                self.observed = Some((record.clone(), now));
-                now
+                self.observed = Some((record.clone(), answered));
+                answered
             }
         };
         let seconds = record.duration_seconds.and_then(|s| u64::try_from(s).ok()).unwrap_or(15);
-        now.duration_since(seen_at) >= Duration::from_secs(seconds)
+        now.saturating_duration_since(seen_at) >= Duration::from_secs(seconds)
     }
 
     /// Gives the lease up so that another replica takes over without waiting for it to expire;
-    /// returns whether there was a lease of ours to give up.
+    /// returns whether there was a lease of ours to give up. Like a round, it waits at most
+    /// `renew_deadline / 2` for the API server: shutdown must not hang on it.
     pub async fn release(&mut self) -> Result<bool, LeaseError> {
         self.renewed_at = None;
         let Some(mut lease) = self.written.take() else { return Ok(false) };
@@ -270,7 +294,17 @@ impl Elector {
         spec.holder_identity = None;
         spec.lease_duration_seconds = Some(1);
         spec.renew_time = Some(MicroTime((self.clock)()));
-        match self.api.replace(&self.config.name, &PostParams::default(), &lease).await {
+        let limit = self.config.renew_deadline / 2;
+        let params = PostParams::default();
+        let write = self.api.replace(&self.config.name, &params, &lease);
+        let Ok(result) = tokio::time::timeout(limit, write).await else {
+            return Err(LeaseError::Timeout {
+                namespace: self.config.namespace.clone(),
+                name: self.config.name.clone(),
+                after: limit,
+            });
+        };
+        match result {
             Ok(_) => Ok(true),
             // Someone wrote it since our last renewal: it is not ours to release any more.
             Err(kube::Error::Api(status)) if status.is_conflict() => Ok(false),

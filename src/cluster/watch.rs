@@ -2,10 +2,10 @@
 //! snapshots to the [`Store`]; the elected leader writes policy status and runs the audit.
 //!
 //! Four loops run side by side until shutdown:
-//! - **watch**: TrustedRegistryPolicy objects and Namespace metadata, with kube's default
-//!   backoff. Each change that admission would notice publishes a new snapshot, the first one
-//!   once both initial lists are in. Errors only delay: the last snapshot stays in place, so
-//!   admission never waits on the API server.
+//! - **watch**: TrustedRegistryPolicy objects and Namespace metadata, retried after errors with
+//!   a short capped backoff (`Retry`). Each change that admission would notice publishes a new
+//!   snapshot, the first one once both initial lists are in. Errors only delay: the last snapshot
+//!   stays in place, so admission never waits on the API server.
 //! - **lease**: leader election ([`crate::cluster::lease`]).
 //! - **status**: while leading, writes `observedGeneration` and `Ready` of each policy whose
 //!   status does not already say it ([`crate::cluster::status`]).
@@ -22,7 +22,6 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -46,6 +45,14 @@ pub(crate) const FIELD_MANAGER: &str = "trustgate";
 pub(crate) const AUDIT_PAGE_SIZE: u32 = 500;
 /// How often the status writer retries writes that failed.
 const STATUS_RESYNC: Duration = Duration::from_secs(30);
+/// How long one status write may take: a write to an API server that stopped answering must
+/// not hold up the writes after it (kube's client has no response timeout of its own).
+const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The first wait of a watcher after an error.
+const RETRY_MIN: Duration = Duration::from_millis(500);
+/// The longest wait of a watcher between two attempts: a change made while the API server was
+/// away is seen at most this long after it is back (plus the relist).
+const RETRY_MAX: Duration = Duration::from_secs(4);
 
 /// Where the lease lives, who we are, and how often to audit.
 #[derive(Debug, Clone)]
@@ -188,6 +195,61 @@ impl KubeSource {
     }
 }
 
+/// When a watcher tries again after an error.
+///
+/// kube's default backoff (client-go's: 0.8 s doubling to 30 s, reset only after two minutes
+/// without an error) grows so long during an API server restart that a policy written right
+/// after it came back was seen 10 s later. Here the wait doubles from [`RETRY_MIN`] to
+/// [`RETRY_MAX`] and starts over once events flow again; and `410 Gone` (the resource version
+/// is too old, as a restarted API server says to every resumed watch) relists at once, as
+/// client-go does, unless the relist itself was answered `410` again.
+#[derive(Debug, Default)]
+pub(crate) struct Retry {
+    failures: u32,
+    /// The last error was a `410 Gone`, with no event since.
+    gone: bool,
+    /// Not before then.
+    until: Option<tokio::time::Instant>,
+}
+
+impl Retry {
+    /// Events flow: the next error waits [`RETRY_MIN`] again.
+    pub(crate) fn succeeded(&mut self) {
+        self.failures = 0;
+        self.gone = false;
+    }
+
+    /// Records an error at `now`; returns how long the watcher waits before its next attempt.
+    pub(crate) fn failed(&mut self, error: &watcher::Error, now: tokio::time::Instant) -> Duration {
+        let gone = matches!(error, watcher::Error::WatchError(status) if status.code == 410);
+        let delay = if gone && !self.gone {
+            Duration::ZERO
+        } else {
+            let doublings = self.failures.min(16);
+            RETRY_MIN.saturating_mul(1 << doublings).min(RETRY_MAX)
+        };
+        self.gone = gone;
+        self.failures = self.failures.saturating_add(1);
+        self.until = Some(now + delay);
+        delay
+    }
+
+    /// Waits out the delay of the last error, if any. Cancel-safe: dropped half-way, the next
+    /// call waits for the same instant.
+    async fn wait(&mut self) {
+        if let Some(until) = self.until {
+            tokio::time::sleep_until(until).await;
+            self.until = None;
+        }
+    }
+}
+
+/// The next item of a watcher, once the delay of its last error has passed.
+async fn next_event<S: futures::Stream + Unpin>(stream: &mut S, retry: &mut Retry) -> Option<S::Item> {
+    retry.wait().await;
+    stream.next().await
+}
+
 /// Now, to the second: `Time` is written with second precision, and comparing what we wrote
 /// with what we read back must not see a difference that is only the nanoseconds.
 fn now() -> Time {
@@ -202,36 +264,40 @@ async fn watch_loop(
     metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) {
-    let policies = watcher(Api::<PolicyObject>::all(client.clone()), watcher::Config::default()).default_backoff();
+    let policies = watcher(Api::<PolicyObject>::all(client.clone()), watcher::Config::default());
     // Metadata only: labels are all we need, and full Namespace objects are larger.
-    let namespaces =
-        watcher(Api::<PartialObjectMeta<Namespace>>::all(client), watcher::Config::default()).default_backoff();
+    let namespaces = watcher(Api::<PartialObjectMeta<Namespace>>::all(client), watcher::Config::default());
     let mut policies = std::pin::pin!(policies);
     let mut namespaces = std::pin::pin!(namespaces);
+    let (mut policies_retry, mut namespaces_retry) = (Retry::default(), Retry::default());
     let mut index = Index::new();
     let mut reported: HashSet<(String, Option<i64>)> = HashSet::new();
     loop {
         let change = tokio::select! {
             _ = shutdown.cancelled() => return,
-            Some(event) = policies.next() => match event {
+            Some(event) = next_event(&mut policies, &mut policies_retry) => match event {
                 Ok(event) => {
+                    policies_retry.succeeded();
                     metrics.watch_ok(POLICIES);
                     index.apply_policy(event)
                 }
                 Err(error) => {
+                    let retry_in = policies_retry.failed(&error, tokio::time::Instant::now());
                     metrics.watch_failed(POLICIES);
-                    warn!(%error, resource = POLICIES, "watch failed; keeping the last snapshot and retrying");
+                    warn!(%error, resource = POLICIES, ?retry_in, "watch failed; keeping the last snapshot and retrying");
                     continue;
                 }
             },
-            Some(event) = namespaces.next() => match event {
+            Some(event) = next_event(&mut namespaces, &mut namespaces_retry) => match event {
                 Ok(event) => {
+                    namespaces_retry.succeeded();
                     metrics.watch_ok(NAMESPACES);
                     index.apply_namespace(event)
                 }
                 Err(error) => {
+                    let retry_in = namespaces_retry.failed(&error, tokio::time::Instant::now());
                     metrics.watch_failed(NAMESPACES);
-                    warn!(%error, resource = NAMESPACES, "watch failed; keeping the last snapshot and retrying");
+                    warn!(%error, resource = NAMESPACES, ?retry_in, "watch failed; keeping the last snapshot and retrying");
                     continue;
                 }
             },
@@ -289,7 +355,11 @@ async fn lease_loop(
             }
         }
         metrics.leader.set(i64::from(leading));
-        let pause = if leading { config.renew_interval } else { config.retry_interval };
+        let mut pause = if leading { config.renew_interval } else { config.retry_interval };
+        // A leader whose renewals fail wakes at its deadline, to step down on time.
+        if let Some(until) = elector.leading_until() {
+            pause = pause.min(until.saturating_duration_since(tokio::time::Instant::now()));
+        }
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(pause) => {}
@@ -338,7 +408,14 @@ async fn status_loop(
                 written.get(&entry.name).filter(|(rv, _)| *rv == entry.resource_version).map(|(_, s)| s.clone());
             let current = cached.or_else(|| entry.status.as_ref().map(ReadyStatus::of));
             let Some(update) = status::update(entry, current.as_ref(), &now()) else { continue };
-            match api.patch_status(&entry.name, &params, &Patch::Merge(update.patch())).await {
+            let patch = Patch::Merge(update.patch());
+            let write = api.patch_status(&entry.name, &params, &patch);
+            let Ok(result) = tokio::time::timeout(STATUS_WRITE_TIMEOUT, write).await else {
+                metrics.status_writes.get_or_create(&ResultLabels { result: "error" }).inc();
+                warn!(policy = %entry.name, timeout = ?STATUS_WRITE_TIMEOUT, "no answer to a policy status write; retrying later");
+                continue;
+            };
+            match result {
                 Ok(_) => {
                     metrics.status_writes.get_or_create(&ResultLabels { result: "success" }).inc();
                     let ready = update.conditions.iter().find(|c| c.type_ == status::READY);
@@ -438,5 +515,60 @@ async fn audit_loop(
         }
         // Only the leader reports audit results.
         metrics.audit_violations.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kube::core::Status;
+
+    fn gone() -> watcher::Error {
+        watcher::Error::WatchError(Status::failure("too old resource version", "Expired").with_code(410).boxed())
+    }
+
+    fn unavailable() -> watcher::Error {
+        watcher::Error::WatchError(Status::failure("etcdserver: request timed out", "").with_code(500).boxed())
+    }
+
+    #[test]
+    fn waits_double_up_to_the_cap_and_start_over_once_events_flow() {
+        let now = tokio::time::Instant::now();
+        let mut retry = Retry::default();
+        let waits: Vec<_> = (0..6).map(|_| retry.failed(&unavailable(), now).as_millis()).collect();
+        assert_eq!(waits, [500, 1000, 2000, 4000, 4000, 4000]);
+        assert_eq!(retry.until, Some(now + RETRY_MAX));
+        retry.succeeded();
+        assert_eq!(retry.failed(&unavailable(), now), RETRY_MIN);
+    }
+
+    #[test]
+    fn gone_relists_at_once_unless_the_relist_was_gone_too() {
+        let now = tokio::time::Instant::now();
+        let mut retry = Retry::default();
+        // Refused connections while the API server restarts, then 410 to the resumed watch.
+        for _ in 0..4 {
+            retry.failed(&unavailable(), now);
+        }
+        assert_eq!(retry.failed(&gone(), now), Duration::ZERO, "a restarted API server asks for a relist");
+        assert_eq!(retry.failed(&gone(), now), RETRY_MAX, "410 again without an event in between backs off");
+        retry.succeeded();
+        assert_eq!(retry.failed(&gone(), now), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn next_event_waits_out_the_delay_even_when_cancelled_half_way() {
+        let mut retry = Retry::default();
+        let start = tokio::time::Instant::now();
+        retry.failed(&unavailable(), start);
+        retry.failed(&unavailable(), start);
+        let mut stream = futures::stream::iter([1, 2]);
+        // Cancelled after 300 ms of its 1 s wait, as a select! that took another branch does.
+        let cancelled = tokio::time::timeout(Duration::from_millis(300), next_event(&mut stream, &mut retry)).await;
+        assert!(cancelled.is_err());
+        assert_eq!(next_event(&mut stream, &mut retry).await, Some(1));
+        assert_eq!(start.elapsed(), Duration::from_secs(1), "the same instant, not a new full wait");
+        assert_eq!(next_event(&mut stream, &mut retry).await, Some(2), "no wait without a new error");
+        assert_eq!(start.elapsed(), Duration::from_secs(1));
     }
 }
