@@ -8,12 +8,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{self, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full, LengthLimitError, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -48,7 +48,9 @@ pub struct Limits {
     pub idle_timeout: Duration,
     /// Connections served at once; further clients wait in the listen backlog.
     pub max_connections: usize,
-    /// How long in-flight requests may take to finish after shutdown starts.
+    /// How long the listener stays open after shutdown starts (see [`serve`]).
+    pub shutdown_delay: Duration,
+    /// How long in-flight requests may take to finish once the listener is closed.
     pub drain_grace: Duration,
 }
 
@@ -60,6 +62,7 @@ impl Default for Limits {
             request_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(90),
             max_connections: 1024,
+            shutdown_delay: Duration::ZERO,
             drain_grace: Duration::from_secs(25),
         }
     }
@@ -333,6 +336,16 @@ impl Drop for InFlight {
 
 /// Serves admission over TLS on `listener` until `shutdown`, then stops accepting, lets
 /// in-flight requests finish (at most `limits.drain_grace`) and returns.
+///
+/// Between `shutdown` and closing the listener lie `limits.shutdown_delay`, in which clients are
+/// sent elsewhere without a request failing: HTTP/2 connections get a GOAWAY (the client opens
+/// its next stream on a new connection), HTTP/1.1 responses carry `Connection: close` (the
+/// client drops the connection after reading it), and new connections are still served the
+/// same way. Closing a kept-alive HTTP/1.1 connection while it is idle races with the client
+/// sending on it, and a POST lost that way is not retried: the API server's webhook client
+/// (HTTP/1.1 only, connections pooled per Service and reused until the server closes them)
+/// reports `EOF` or `broken pipe` and, with `failurePolicy: Fail`, rejects the object. With
+/// the delay, only connections that stayed idle throughout it are closed that way.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -352,14 +365,26 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let connections = TaskTracker::new();
+    let closed = CancellationToken::new();
+    let stop_accepting = {
+        let (shutdown, delay) = (shutdown.clone(), limits.shutdown_delay);
+        async move {
+            shutdown.cancelled().await;
+            if !delay.is_zero() {
+                tracing::info!(?delay, "sending clients elsewhere before closing the listener");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    tokio::pin!(stop_accepting);
 
     loop {
         let permit = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = &mut stop_accepting => break,
             permit = permits.clone().acquire_owned() => permit.expect("the connection semaphore is never closed"),
         };
         let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = &mut stop_accepting => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -376,6 +401,7 @@ pub async fn serve(
             admission: admission.clone(),
             limits: limits.clone(),
             shutdown: shutdown.clone(),
+            closed: closed.clone(),
         };
         connections.spawn(async move {
             connection.serve(tcp, peer).await;
@@ -384,6 +410,7 @@ pub async fn serve(
     }
     // Closing the listener refuses new connections from here on.
     drop(listener);
+    closed.cancel();
     connections.close();
     tracing::info!(connections = connections.len(), "draining in-flight requests");
     if tokio::time::timeout(limits.drain_grace, connections.wait()).await.is_err() {
@@ -400,7 +427,10 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     admission: Arc<Admission>,
     limits: Limits,
+    /// Shutdown has started: send the client elsewhere.
     shutdown: CancellationToken,
+    /// The listener is closed: finish what is in flight and close.
+    closed: CancellationToken,
 }
 
 impl Connection {
@@ -420,11 +450,23 @@ impl Connection {
         let activity = Activity::new();
         let admission = self.admission.clone();
         let in_flight = activity.clone();
-        let service = service_fn(move |request| {
+        let http2 = Arc::new(AtomicBool::new(false));
+        let (seen_http2, shutdown) = (http2.clone(), self.shutdown.clone());
+        let service = service_fn(move |request: Request<Incoming>| {
             let admission = admission.clone();
             let guard = in_flight.begin();
+            let version = request.version();
+            if version == Version::HTTP_2 {
+                seen_http2.store(true, Ordering::Relaxed);
+            }
+            let shutdown = shutdown.clone();
             async move {
-                let response = admission.handle(request).await;
+                let mut response = admission.handle(request).await;
+                // HTTP/1.1 while shutting down: the client closes after this response, so the
+                // connection is never closed under a request it is sending.
+                if shutdown.is_cancelled() && version < Version::HTTP_2 {
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 drop(guard);
                 Ok::<_, Infallible>(response)
             }
@@ -432,6 +474,7 @@ impl Connection {
         let connection = self.builder.serve_connection(TokioIo::new(tls), service);
         tokio::pin!(connection);
         let mut closing = false;
+        let mut told = false;
         loop {
             let idle_deadline = activity.idle_deadline(self.limits.idle_timeout);
             let recheck = idle_deadline.unwrap_or_else(|| Instant::now() + self.limits.idle_timeout);
@@ -442,7 +485,16 @@ impl Connection {
                     }
                     return;
                 }
-                () = self.shutdown.cancelled(), if !closing => {
+                () = self.shutdown.cancelled(), if !closing && !told => {
+                    // HTTP/2: GOAWAY now, in-flight streams finish. HTTP/1.1 (or nothing
+                    // received yet): the next response says `Connection: close`.
+                    told = true;
+                    if http2.load(Ordering::Relaxed) {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+                () = self.closed.cancelled(), if !closing => {
                     closing = true;
                     connection.as_mut().graceful_shutdown();
                 }
