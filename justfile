@@ -38,9 +38,17 @@ chart:
 run:
     cargo run --release --locked -- serve --self-signed --policy-file examples/policies --addr 127.0.0.1:8443 --admin-addr 127.0.0.1:8080
 
-# End-to-end tests against the cluster KUBECONFIG points to
+# End-to-end tests against the cluster KUBECONFIG points to (the webhook runs on this machine)
 e2e:
     cargo test --locked --test e2e -- --ignored --test-threads=1
+
+# End-to-end tests on the kit's control plane (../shared/k8s), the webhook on this machine, as CI runs them
+e2e-local:
+    bash .ci/e2e.sh local
+
+# End-to-end tests in the kit's node: image, helm install, in-cluster suite with the HA test (root)
+e2e-cluster:
+    bash .ci/e2e.sh node
 
 # Check the example workloads against the example policies
 check-examples:
