@@ -84,12 +84,14 @@ run_local() {
   [[ "${E2E_KEEP_CLUSTER:-0}" == 1 ]] || cleanups+=("'$KIT/down'")
   local kubectl=("$KIT/kubectl")
   step "local: CRD and foreign policies"
-  cargo run -q --locked -- crd | "${kubectl[@]}" apply --server-side --force-conflicts -f -
+  # The binary the test build made (`cargo run` would build another: dev-dependencies change
+  # the features of the test build's dependencies).
+  target/debug/trustgate crd | "${kubectl[@]}" apply --server-side --force-conflicts -f -
   "${kubectl[@]}" wait --for=condition=Established --timeout=60s crd/trustedregistrypolicies.trustgate.dev
   "${kubectl[@]}" apply --server-side --force-conflicts -f "$FOREIGN"
   cleanups+=("'$KIT/kubectl' delete --ignore-not-found -f '$FOREIGN'")
   step "local: cargo test --test e2e -- --ignored"
-  cargo test --locked --test e2e -- --ignored --test-threads=1
+  cargo test --locked --test e2e -- --ignored --test-threads=1 --show-output
   finish_step
 }
 
@@ -135,7 +137,7 @@ run_node() {
   step "node: cargo test --test e2e -- --ignored (in-cluster, inside the netns)"
   TRUSTGATE_E2E_MODE=in-cluster TRUSTGATE_E2E_AUDIT_TIMEOUT=90 \
     TRUSTGATE_E2E_HELM="$HELM" TRUSTGATE_E2E_RELEASE="$RELEASE_NS/$RELEASE" \
-    "${in_ns[@]}" cargo test --offline --locked --test e2e -- --ignored --test-threads=1
+    "${in_ns[@]}" cargo test --offline --locked --test e2e -- --ignored --test-threads=1 --show-output
   finish_step
 }
 
