@@ -46,6 +46,14 @@ e2e:
 e2e-disruption:
     bash .ci/e2e-disruption.sh
 
+# End-to-end tests on the kit's control plane (../shared/k8s), the webhook on this machine, as CI runs them
+e2e-local:
+    bash .ci/e2e.sh local
+
+# End-to-end tests in the kit's node: image, helm install, in-cluster suite with the HA test (root)
+e2e-cluster:
+    bash .ci/e2e.sh node
+
 # Check the example workloads against the example policies
 check-examples:
     cargo run -q --locked -- check --policy examples/policies examples/workloads

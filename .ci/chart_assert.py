@@ -327,12 +327,15 @@ def check_workload(docs, case, namespace, fails):
     for probe, path in (("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
         get = c.get(probe, {}).get("httpGet", {})
         fails.check(get == {"path": path, "port": "admin"}, case, f"{probe} must GET {path} on admin: {get}")
-    # Rendered for Kubernetes >= 1.30: a preStop sleep keeps the replica serving while the
-    # Service drops its endpoint, and the grace period leaves time to drain after it.
-    delay = c.get("lifecycle", {}).get("preStop", {}).get("sleep", {}).get("seconds", 0)
-    fails.check(0 < delay <= 60, case, f"preStop sleep must delay shutdown (got {delay})")
-    fails.check(pod.get("terminationGracePeriodSeconds", 30) > delay + 10, case,
-                "terminationGracePeriodSeconds must exceed the preStop delay plus drain time")
+    # On SIGTERM the server keeps accepting for --shutdown-delay while it sends clients to the
+    # other replicas, then drains within --drain-grace: both must fit in the grace period.
+    seconds = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith(("--shutdown-delay=", "--drain-grace="))}
+    delay = int(seconds.get("--shutdown-delay", "0s").rstrip("s"))
+    drain = int(seconds.get("--drain-grace", "25s").rstrip("s"))
+    fails.check(0 < delay <= 60, case, f"--shutdown-delay must delay closing the listener (got {delay})")
+    fails.check("lifecycle" not in c, case, "no preStop hook: the server delays its own shutdown")
+    fails.check(pod.get("terminationGracePeriodSeconds", 30) >= delay + drain + 5, case,
+                "terminationGracePeriodSeconds must cover --shutdown-delay plus --drain-grace")
     sc = c.get("securityContext", {})
     psc = pod.get("securityContext", {})
     fails.check(sc.get("runAsNonRoot") is True and sc.get("runAsUser") == 65532, case, "must run as 65532, non-root")

@@ -12,25 +12,48 @@
 //! Every test runs in a namespace of its own; its policies select only that namespace; the
 //! namespace, the policies, the webhook configuration, the lease and the webhook process are
 //! removed when the test ends, pass or fail.
+//!
+//! The cluster may hold other objects, including other TrustedRegistryPolicies: the tests assert
+//! only what their own policies produce in their own namespaces. Audit and Warn policies of
+//! others, and Enforce policies that do not select the test namespaces, change nothing. An
+//! Enforce policy that selects them would add its own denials, so a test refuses to run then,
+//! naming the policies. Writes that race with controllers (the kubelet updates a Pod's status)
+//! are retried on `409 Conflict` after a fresh read, as kubectl does.
+//!
+//! Pods may really run (in-cluster on a real node): every container has
+//! `imagePullPolicy: Never`, so nothing is ever pulled; Pods whose image is not on the node stay
+//! in `ErrImageNeverPull`, which is fine, since admission is what is tested.
+//!
+//! `high_availability_...` runs in-cluster only: it restarts and upgrades the chart's Deployment
+//! while admissions keep coming. For the `helm upgrade` step it needs `TRUSTGATE_E2E_HELM` (the
+//! helm binary); the release is `TRUSTGATE_E2E_RELEASE` (`namespace/name`, default
+//! `trustgate-system/trustgate`).
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
 };
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
+use kube::api::{
+    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
+};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use trustgate::api::TrustedRegistryPolicy;
+use trustgate::api::{Mode as PolicyMode, TrustedRegistryPolicy};
+use trustgate::engine::{CompiledPolicy, Namespace as PolicyNamespace};
 
 /// Field manager of everything the tests write.
 const MANAGER: &str = "trustgate-e2e";
@@ -38,6 +61,8 @@ const MANAGER: &str = "trustgate-e2e";
 const WEBHOOK: &str = "validate.trustgate.dev";
 /// The message every test policy appends to its denials.
 const POLICY_MESSAGE: &str = "Use images from registry.my.com (trustgate e2e)";
+/// The label every test namespace carries (besides its name label).
+const NAMESPACE_LABEL: (&str, &str) = ("trustgate.dev/e2e", "true");
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Mode {
@@ -109,10 +134,15 @@ impl Harness {
         let client = client().await;
         let namespace = format!("tg-{test}-{}", unique_suffix());
         install_crd(&client).await;
+        let labels = BTreeMap::from([
+            (NAMESPACE_LABEL.0.to_owned(), NAMESPACE_LABEL.1.to_owned()),
+            ("kubernetes.io/metadata.name".to_owned(), namespace.clone()),
+        ]);
+        refuse_foreign_enforce_policies(&client, &namespace, &labels).await;
         let ns = Namespace {
             metadata: ObjectMeta {
                 name: Some(namespace.clone()),
-                labels: Some(BTreeMap::from([("trustgate.dev/e2e".to_owned(), "true".to_owned())])),
+                labels: Some(BTreeMap::from([(NAMESPACE_LABEL.0.to_owned(), NAMESPACE_LABEL.1.to_owned())])),
                 ..ObjectMeta::default()
             },
             ..Namespace::default()
@@ -366,6 +396,58 @@ async fn install_crd(client: &Client) {
     }
 }
 
+/// Panics, naming them, when Enforce policies other than the tests' own select a test namespace
+/// with these labels: their denials would be mixed into every answer the tests check, and
+/// Pods the tests expect to be admitted could be denied. Audit and Warn policies, and Enforce
+/// policies that select other namespaces, are fine.
+async fn refuse_foreign_enforce_policies(client: &Client, namespace: &str, labels: &BTreeMap<String, String>) {
+    let policies = Api::<TrustedRegistryPolicy>::all(client.clone())
+        .list(&ListParams::default())
+        .await
+        .expect("list TrustedRegistryPolicies");
+    let names = enforcers_of(&policies.items, namespace, labels);
+    assert!(
+        names.is_empty(),
+        "refusing to run: the cluster has Enforce TrustedRegistryPolicies that select the e2e \
+         namespaces ({namespace}, labels {labels:?}): {names:?}. Their denials would mix with the \
+         tests' own. Exclude the e2e namespaces from them (for example a namespaceSelector \
+         requirement `{key} DoesNotExist`), switch them to Audit or Warn, or use another cluster.",
+        key = NAMESPACE_LABEL.0,
+    );
+}
+
+/// The names of the Enforce policies in `policies` that apply to `namespace` with `labels`.
+/// Policies trustgate cannot compile are left out: trustgate ignores them too.
+fn enforcers_of(policies: &[TrustedRegistryPolicy], namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
+    let ns = PolicyNamespace { name: namespace, labels: Some(labels) };
+    policies
+        .iter()
+        .filter_map(|p| CompiledPolicy::compile(p).ok())
+        .filter(|p| p.mode() == PolicyMode::Enforce && p.applies_to(&ns))
+        .map(|p| p.name().to_owned())
+        .collect()
+}
+
+/// Runs `attempt` again while it fails with `409 Conflict` (the object changed between its read
+/// and its write), as kubectl does; `attempt` must read the object afresh. At most 10 tries.
+async fn retry_on_conflict<T, F, Fut>(what: &str, mut attempt: F) -> Result<T, kube::Error>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, kube::Error>>,
+{
+    let mut tries = 1;
+    loop {
+        match attempt().await {
+            Err(kube::Error::Api(status)) if status.code == 409 && status.reason == "Conflict" && tries < 10 => {
+                eprintln!("{what}: conflict on try {tries} ({}); reading again", status.message);
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(50 * tries)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// A CA and a certificate for 127.0.0.1 signed by it, as PEM: (ca, cert, key).
 fn certificates() -> (String, String, String) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
@@ -399,20 +481,23 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 
 fn pod(name: &str, image: &str) -> Value {
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
-           "spec": {"containers": [{"name": "web", "image": image}], "terminationGracePeriodSeconds": 0}})
+           "spec": {"containers": [{"name": "web", "image": image, "imagePullPolicy": "Never"}],
+                    "terminationGracePeriodSeconds": 0}})
 }
 
 fn deployment(name: &str, image: &str) -> Value {
     json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": name}},
                     "template": {"metadata": {"labels": {"app": name}},
-                                 "spec": {"containers": [{"name": "web", "image": image}]}}}})
+                                 "spec": {"containers": [{"name": "web", "image": image, "imagePullPolicy": "Never"}],
+                                          "terminationGracePeriodSeconds": 0}}}})
 }
 
 fn cronjob(name: &str, image: &str) -> Value {
     json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": {"name": name},
            "spec": {"schedule": "0 3 * * *", "jobTemplate": {"spec": {"template": {"spec": {
-               "restartPolicy": "Never", "containers": [{"name": "job", "image": image}]}}}}}})
+               "restartPolicy": "Never",
+               "containers": [{"name": "job", "image": image, "imagePullPolicy": "Never"}]}}}}}})
 }
 
 /// The line a denial or warning carries for one container.
@@ -444,8 +529,9 @@ async fn untrusted_pod_is_denied_with_every_violation_and_a_trusted_one_admitted
     let ns = h.namespace.clone();
 
     let object = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
-        "spec": {"initContainers": [{"name": "init", "image": "busybox:1.36"}],
-                 "containers": [{"name": "web", "image": "nginx:1.25"}, {"name": "ok", "image": "registry.my.com/app:1"}]}});
+        "spec": {"initContainers": [{"name": "init", "image": "busybox:1.36", "imagePullPolicy": "Never"}],
+                 "containers": [{"name": "web", "image": "nginx:1.25", "imagePullPolicy": "Never"},
+                                {"name": "ok", "image": "registry.my.com/app:1", "imagePullPolicy": "Never"}]}});
     let result = h.create(&object).await;
     // Every violation, in the order the containers run: init containers first.
     h.assert_denied(
@@ -531,18 +617,22 @@ async fn kubectl_debug_ephemeral_containers_are_checked() {
         &policy,
         "registry.my.com",
     )];
-    let debugger = |image: &str| json!({"name": "debugger", "image": image, "stdin": true, "tty": true});
+    let debugger = |image: &str| json!({"name": "debugger", "image": image, "imagePullPolicy": "Never", "stdin": true, "tty": true});
 
     // What `kubectl debug` sends: a patch of the pods/ephemeralcontainers subresource.
     let patch = json!({"spec": {"ephemeralContainers": [debugger("busybox:1.36")]}});
     let result = pods.patch_ephemeral_containers("target", &PatchParams::default(), &Patch::Strategic(&patch)).await;
     h.assert_denied(result, &expected);
 
-    // The same through a replace (PUT) of the subresource.
-    let mut target = pods.get_ephemeral_containers("target").await.unwrap();
-    let spec = target.spec.as_mut().unwrap();
-    spec.ephemeral_containers = Some(vec![serde_json::from_value(debugger("busybox:1.36")).unwrap()]);
-    let result = pods.replace_ephemeral_containers("target", &PostParams::default(), &target).await;
+    // The same through a replace (PUT) of the subresource. On a real node the kubelet updates
+    // the Pod's status between the read and the write: re-read and replace again on a conflict.
+    let result = retry_on_conflict("replace pods/ephemeralcontainers", || async {
+        let mut target = pods.get_ephemeral_containers("target").await?;
+        let spec = target.spec.as_mut().expect("a Pod has a spec");
+        spec.ephemeral_containers = Some(vec![serde_json::from_value(debugger("busybox:1.36")).unwrap()]);
+        pods.replace_ephemeral_containers("target", &PostParams::default(), &target).await
+    })
+    .await;
     h.assert_denied(result, &expected);
 
     // A trusted debugging image is admitted.
@@ -570,11 +660,12 @@ async fn warn_mode_admits_with_warnings() {
         &policy,
         "registry.my.com",
     );
-    // Wait until the webhook knows the policy: a dry run then carries the warning.
+    // Wait until the webhook knows the policy: a dry run then carries its warning (other Warn
+    // policies in the cluster may add theirs before).
     let start = Instant::now();
     let (status, dry_run_warnings) = loop {
         let (status, warnings) = create_reading_warnings(&h, &object, true).await;
-        if !warnings.is_empty() {
+        if warnings.contains(&want) {
             break (status, warnings);
         }
         assert!(start.elapsed() < Duration::from_secs(30), "no warning within 30s (status {status}){}", h.logs());
@@ -792,6 +883,322 @@ async fn the_leader_renews_its_lease_and_releases_it_on_sigterm() {
         "the lease must be released on shutdown: {released:?}{}",
         h.logs()
     );
+}
+
+/// Where the chart under test is installed: (namespace, release name).
+fn release() -> (String, String) {
+    let value = std::env::var("TRUSTGATE_E2E_RELEASE").unwrap_or_else(|_| "trustgate-system/trustgate".to_owned());
+    let (namespace, name) =
+        value.split_once('/').unwrap_or_else(|| panic!("TRUSTGATE_E2E_RELEASE={value:?}: expected namespace/name"));
+    (namespace.to_owned(), name.to_owned())
+}
+
+/// What the admissions sent during one phase of the HA test came back as.
+#[derive(Debug, Default)]
+struct Tally {
+    admitted: u64,
+    denied: u64,
+    /// Every answer that was not the expected one (an error, or the wrong decision).
+    failures: Vec<String>,
+}
+
+/// The admissions a worker sends, and what it counts.
+struct Load {
+    started: Instant,
+    phase: AtomicUsize,
+    stop: AtomicBool,
+    tallies: Mutex<Vec<Tally>>,
+}
+
+/// Dry-run creates `allowed` and `denied` Pods one after the other until told to stop, counting
+/// each answer in the current phase: `allowed` must be admitted and `denied` denied with
+/// `denial_line`; anything else is a failure.
+async fn send_admissions(api: Api<DynamicObject>, load: Arc<Load>, allowed: Value, denied: Value, denial_line: String) {
+    let objects: [(DynamicObject, bool); 2] =
+        [(serde_json::from_value(allowed).unwrap(), true), (serde_json::from_value(denied).unwrap(), false)];
+    let pp = PostParams { dry_run: true, ..PostParams::default() };
+    while !load.stop.load(Ordering::Relaxed) {
+        for (object, admit) in &objects {
+            let phase = load.phase.load(Ordering::Relaxed);
+            let result = api.create(&pp, object).await;
+            let right = match (&result, admit) {
+                (Ok(_), true) => true,
+                (Err(_), false) => denial(&result).is_some_and(|m| m.contains(&denial_line)),
+                _ => false,
+            };
+            let mut tallies = load.tallies.lock().expect("no worker panics holding the lock");
+            let tally = &mut tallies[phase];
+            match (right, admit) {
+                (true, true) => tally.admitted += 1,
+                (true, false) => tally.denied += 1,
+                (false, _) => tally.failures.push(format!(
+                    "at {:.1}s, {} expected {}: {:?}",
+                    load.started.elapsed().as_secs_f64(),
+                    object.metadata.name.as_deref().unwrap_or_default(),
+                    if *admit { "admission" } else { "denial" },
+                    result.map(|_| "admitted")
+                )),
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// The `matchLabels` of a Deployment's selector as a label selector string.
+fn selector_of(deployment: &Deployment) -> String {
+    let labels = deployment.spec.as_ref().and_then(|s| s.selector.match_labels.clone()).unwrap_or_default();
+    labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(",")
+}
+
+fn pod_is_ready(pod: &Pod) -> bool {
+    pod.metadata.deletion_timestamp.is_none()
+        && pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Waits until the Deployment has rolled out completely: every replica updated, ready and
+/// available, and no old or terminating Pod left. Returns the names of its Pods.
+async fn wait_for_rollout(deployments: &Api<Deployment>, pods: &Api<Pod>, name: &str) -> Vec<String> {
+    let start = Instant::now();
+    loop {
+        let d = deployments.get(name).await.expect("read the Deployment");
+        let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+        let status = d.status.clone().unwrap_or_default();
+        let listed = pods.list(&ListParams::default().labels(&selector_of(&d))).await.expect("list the Pods");
+        let done = status.observed_generation >= d.metadata.generation
+            && [
+                status.updated_replicas,
+                status.ready_replicas,
+                status.available_replicas,
+                Some(status.replicas.unwrap_or(0)),
+            ]
+            .iter()
+            .all(|n| *n == Some(want))
+            && listed.items.len() == want as usize
+            && listed.items.iter().all(pod_is_ready);
+        if done {
+            return listed.items.into_iter().filter_map(|p| p.metadata.name).collect();
+        }
+        let summary: Vec<(Option<String>, bool, bool)> = listed
+            .items
+            .iter()
+            .map(|p| (p.metadata.name.clone(), p.metadata.deletion_timestamp.is_some(), pod_is_ready(p)))
+            .collect();
+        assert!(
+            start.elapsed() < Duration::from_secs(180),
+            "the rollout of {name} is not complete after 180s: {status:?}; Pods (name, terminating, ready): {summary:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// Waits until the Lease is held by a ready, not terminating Pod other than `not`; returns it.
+async fn wait_for_live_leader(leases: &Api<Lease>, pods: &Api<Pod>, lease: &str, not: Option<&str>) -> String {
+    let start = Instant::now();
+    loop {
+        let holder = leases.get_opt(lease).await.expect("read the Lease").and_then(|l| l.spec?.holder_identity);
+        if let Some(holder) = holder.filter(|h| Some(h.as_str()) != not)
+            && pods.get_opt(&holder).await.expect("read the holder").is_some_and(|p| pod_is_ready(&p))
+        {
+            return holder;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the Lease {lease} is not held by a live replica (other than {not:?}) after 60s"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The `kubectl rollout restart` of a Deployment: a new template annotation.
+async fn rollout_restart(deployments: &Api<Deployment>, name: &str) {
+    let patch = json!({"spec": {"template": {"metadata": {"annotations": {
+        "kubectl.kubernetes.io/restartedAt": jiff::Timestamp::now().to_string()}}}}});
+    deployments.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.expect("restart the Deployment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
+async fn high_availability_restarts_leader_loss_and_upgrade_fail_no_admission() {
+    if mode() != Mode::InCluster {
+        eprintln!("in-cluster only: this test restarts the chart's Deployment (TRUSTGATE_E2E_MODE=in-cluster)");
+        return;
+    }
+    let (release_namespace, release) = release();
+    let mut h = Harness::start("ha").await;
+    let ns = h.namespace.clone();
+    let deployments = Api::<Deployment>::namespaced(h.client.clone(), &release_namespace);
+    let pods = Api::<Pod>::namespaced(h.client.clone(), &release_namespace);
+    let leases = Api::<Lease>::namespaced(h.client.clone(), &release_namespace);
+    let instance = format!("app.kubernetes.io/instance={release}");
+    let found = deployments.list(&ListParams::default().labels(&instance)).await.expect("list Deployments");
+    assert_eq!(found.items.len(), 1, "expected one Deployment labelled {instance} in {release_namespace}");
+    let deployment = found.items[0].metadata.name.clone().expect("a name");
+    let args = found.items[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .and_then(|s| s.containers.first())
+        .and_then(|c| c.args.clone())
+        .unwrap_or_default();
+    let lease = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--lease-name="))
+        .expect("the chart passes --lease-name (policySource kubernetes)")
+        .to_owned();
+    let replicas = wait_for_rollout(&deployments, &pods, &deployment).await;
+    assert!(replicas.len() >= 2, "HA needs at least 2 replicas: {replicas:?}");
+    wait_for_live_leader(&leases, &pods, &lease, None).await;
+
+    let policy = h.apply_policy("ha", json!({"trustedRegistries": ["registry.k8s.io"]})).await;
+    let allowed = pod("allowed", "registry.k8s.io/pause:3.10");
+    let denied = pod("denied", "nginx:1.25");
+    let denial_line = line(
+        &format!("Pod {ns}/denied"),
+        "web",
+        "spec.containers[0]",
+        "nginx:1.25",
+        "docker.io/library/nginx:1.25",
+        &policy,
+        "registry.k8s.io",
+    );
+    // Every replica must know the policy before counting starts: 20 right answers in a row.
+    let start = Instant::now();
+    let mut in_a_row = 0;
+    while in_a_row < 20 {
+        let ok = h.create_with(&allowed, true).await.is_ok()
+            && denial(&h.create_with(&denied, true).await).is_some_and(|m| m.contains(&denial_line));
+        in_a_row = if ok { in_a_row + 1 } else { 0 };
+        assert!(start.elapsed() < Duration::from_secs(30), "the replicas do not all enforce {policy} after 30s");
+    }
+
+    let phases =
+        ["steady", "rollout restart 1", "rollout restart 2", "leader Pod deleted", "helm upgrade", "steady after"];
+    let load = Arc::new(Load {
+        started: Instant::now(),
+        phase: AtomicUsize::new(0),
+        stop: AtomicBool::new(false),
+        tallies: Mutex::new(phases.iter().map(|_| Tally::default()).collect()),
+    });
+    let workers: Vec<_> = (0..3)
+        .map(|_| {
+            tokio::spawn(send_admissions(
+                h.api("Pod"),
+                load.clone(),
+                allowed.clone(),
+                denied.clone(),
+                denial_line.clone(),
+            ))
+        })
+        .collect();
+    let enter = |phase: usize| {
+        eprintln!("{:6.1}s: {}", load.started.elapsed().as_secs_f64(), phases[phase]);
+        load.phase.store(phase, Ordering::Relaxed);
+    };
+
+    enter(0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for phase in [1, 2] {
+        enter(phase);
+        rollout_restart(&deployments, &deployment).await;
+        let now = wait_for_rollout(&deployments, &pods, &deployment).await;
+        assert!(now.iter().all(|p| !replicas.contains(p)), "every replica was replaced: {replicas:?} -> {now:?}");
+        wait_for_live_leader(&leases, &pods, &lease, None).await;
+    }
+
+    enter(3);
+    let leader = wait_for_live_leader(&leases, &pods, &lease, None).await;
+    pods.delete(&leader, &DeleteParams::default()).await.expect("delete the leader Pod");
+    let successor = wait_for_live_leader(&leases, &pods, &lease, Some(&leader)).await;
+    eprintln!("the Lease moved from {leader} to {successor}");
+    wait_for_rollout(&deployments, &pods, &deployment).await;
+
+    enter(4);
+    match std::env::var("TRUSTGATE_E2E_HELM") {
+        Ok(helm) if !helm.is_empty() => {
+            let chart = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/trustgate");
+            let value = format!("podAnnotations.e2e-upgrade={}", unique_suffix());
+            let args = ["upgrade", &release, chart, "-n", &release_namespace, "--reuse-values"];
+            let mut command = Command::new(&helm);
+            command.args(args).args(["--set-string", &value, "--wait", "--timeout", "5m"]);
+            let output = tokio::task::spawn_blocking(move || command.output()).await.unwrap().expect("run helm");
+            assert!(
+                output.status.success(),
+                "helm upgrade failed: {}{}",
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let after = wait_for_rollout(&deployments, &pods, &deployment).await;
+            let annotated = pods.get(&after[0]).await.unwrap().metadata.annotations.unwrap_or_default();
+            assert!(annotated.contains_key("e2e-upgrade"), "the upgraded value reached the Pods: {annotated:?}");
+            wait_for_live_leader(&leases, &pods, &lease, None).await;
+        }
+        _ => eprintln!("TRUSTGATE_E2E_HELM is not set: no helm upgrade (.ci/e2e.sh sets it)"),
+    }
+
+    enter(5);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    load.stop.store(true, Ordering::Relaxed);
+    for worker in workers {
+        worker.await.expect("a worker ends without panicking");
+    }
+
+    let tallies = std::mem::take(&mut *load.tallies.lock().unwrap());
+    let sent: u64 = tallies.iter().map(|t| t.admitted + t.denied + t.failures.len() as u64).sum();
+    eprintln!("{sent} admissions sent in {:.0}s:", load.started.elapsed().as_secs_f64());
+    for (phase, t) in phases.iter().zip(&tallies) {
+        eprintln!("  {phase:20} admitted {:6}  denied {:6}  failed {:4}", t.admitted, t.denied, t.failures.len());
+    }
+    let failures: Vec<&String> = tallies.iter().flat_map(|t| &t.failures).collect();
+    assert!(failures.is_empty(), "{} of {sent} admissions failed:\n{failures:#?}", failures.len());
+    let helm = std::env::var("TRUSTGATE_E2E_HELM").is_ok_and(|h| !h.is_empty());
+    for (phase, t) in phases.iter().zip(&tallies) {
+        if *phase == "helm upgrade" && !helm {
+            continue;
+        }
+        assert!(t.admitted > 0 && t.denied > 0, "admissions kept coming during {phase}: {t:?}");
+    }
+}
+
+/// Pure: runs without a cluster, under plain `cargo test`.
+#[test]
+fn only_enforce_policies_selecting_the_test_namespace_make_the_tests_refuse() {
+    let policy = |name: &str, spec: Value| -> TrustedRegistryPolicy {
+        serde_json::from_value(json!({"apiVersion": "trustgate.dev/v1alpha1", "kind": "TrustedRegistryPolicy",
+                                      "metadata": {"name": name}, "spec": spec}))
+        .unwrap()
+    };
+    let policies = [
+        policy("audit-all", json!({"mode": "Audit", "trustedRegistries": ["registry.k8s.io"]})),
+        policy("warn-all", json!({"mode": "Warn", "trustedRegistries": ["registry.k8s.io"]})),
+        policy(
+            "enforce-payments",
+            json!({"trustedRegistries": ["registry.k8s.io"], "namespaceSelector": {"matchLabels": {"team": "payments"}}}),
+        ),
+        policy(
+            "enforce-excluding",
+            json!({"trustedRegistries": ["registry.k8s.io"], "excludedNamespaces": ["tg-x-1"]}),
+        ),
+        policy(
+            "enforce-not-e2e",
+            json!({"trustedRegistries": ["a.io"],
+                   "namespaceSelector": {"matchExpressions": [{"key": "trustgate.dev/e2e", "operator": "DoesNotExist"}]}}),
+        ),
+        policy("enforce-all", json!({"trustedRegistries": ["registry.k8s.io"]})),
+        policy(
+            "enforce-e2e",
+            json!({"trustedRegistries": ["a.io"], "namespaceSelector": {"matchLabels": {"trustgate.dev/e2e": "true"}}}),
+        ),
+    ];
+    let labels = BTreeMap::from([
+        ("trustgate.dev/e2e".to_owned(), "true".to_owned()),
+        ("kubernetes.io/metadata.name".to_owned(), "tg-x-1".to_owned()),
+    ]);
+    assert_eq!(enforcers_of(&policies, "tg-x-1", &labels), ["enforce-all", "enforce-e2e"]);
+    assert_eq!(enforcers_of(&policies[..5], "tg-x-1", &labels), Vec::<String>::new());
 }
 
 /// Pure: runs without a cluster, under plain `cargo test`.

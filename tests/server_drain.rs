@@ -247,3 +247,46 @@ async fn a_second_signal_exits_without_waiting_for_the_drain() {
     assert_eq!(exit.code(), Some(1), "{}", server.log());
     assert!(server.log().contains("second signal"), "{}", server.log());
 }
+
+/// Kept-alive connections, as the API server's webhook client pools them, are sent elsewhere
+/// during the shutdown delay instead of being closed under a request: the next HTTP/1.1
+/// answer says `Connection: close`, HTTP/2 gets GOAWAY, new connections are still answered;
+/// only after the delay does the listener close.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shutdown_delay_sends_clients_elsewhere_before_the_listener_closes() {
+    let pki = Pki::new("delay CA");
+    let delay = Duration::from_secs(6);
+    let limits = Limits { shutdown_delay: delay, drain_grace: Duration::from_secs(5), ..Limits::default() };
+    let server = TestServer::ready(&pki, limits).await;
+    let (h1_config, h2_config) = (client_config(&[&pki.ca], &[]), client_config(&[&pki.ca], &[b"h2"]));
+    let review = fixture("deployment-create-denied.json");
+    let mut h1 = http1(tls_connect(server.addr, h1_config.clone()).await.unwrap()).await;
+    let response = exchange(&mut h1, post("/validate", review.clone())).await;
+    assert_eq!(response.headers().get("connection"), None, "kept alive while serving");
+    assert_eq!(read(response).await.0, StatusCode::OK);
+    let mut h2 = http2(tls_connect(server.addr, h2_config).await.unwrap()).await;
+    assert_eq!(read(h2.send_request(post("/validate", review.clone())).await.unwrap()).await.0, StatusCode::OK);
+
+    // What serve.rs does on SIGTERM.
+    server.store.start_draining();
+    server.shutdown.cancel();
+    let started = Instant::now();
+
+    let response = exchange(&mut h1, post("/validate", review.clone())).await;
+    assert_eq!(response.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
+    assert_eq!(read(response).await.0, StatusCode::OK, "the request on the old connection is answered");
+    let deadline = Instant::now() + PATIENCE;
+    while !h2.is_closed() {
+        assert!(Instant::now() < deadline, "HTTP/2 got no GOAWAY during the shutdown delay");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut fresh = http1(tls_connect(server.addr, h1_config).await.expect("still accepting")).await;
+    let response = exchange(&mut fresh, post("/validate", review)).await;
+    assert_eq!(response.headers().get("connection").map(|v| v.as_bytes()), Some(&b"close"[..]));
+    assert_eq!(read(response).await.0, StatusCode::OK, "a new connection is answered during the delay");
+    assert!(started.elapsed() < delay, "the checks above ran within the delay ({:?})", started.elapsed());
+
+    await_refused(server.addr).await;
+    assert!(started.elapsed() >= delay, "the listener closed before the delay was over");
+    tokio::time::timeout(PATIENCE, server.task).await.expect("the server returns once drained").unwrap();
+}

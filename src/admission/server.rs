@@ -8,11 +8,12 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
-use http::{Method, Request, Response, StatusCode};
+use http::header::{self, ALLOW, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -63,7 +64,9 @@ pub struct Limits {
     pub max_connections: usize,
     /// Connections open at once from one source address; more are refused.
     pub max_connections_per_source: usize,
-    /// How long in-flight requests may take to finish after shutdown starts.
+    /// How long the listener stays open after shutdown starts (see [`serve`]).
+    pub shutdown_delay: Duration,
+    /// How long in-flight requests may take to finish once the listener is closed.
     pub drain_grace: Duration,
 }
 
@@ -77,6 +80,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(90),
             max_connections: 1024,
             max_connections_per_source: 256,
+            shutdown_delay: Duration::ZERO,
             drain_grace: Duration::from_secs(25),
         }
     }
@@ -367,6 +371,16 @@ fn json(body: Vec<u8>) -> Response<Body> {
 
 /// Serves admission over TLS on `listener` until `shutdown`, then stops accepting, lets
 /// in-flight requests finish (at most `limits.drain_grace`) and returns.
+///
+/// Between `shutdown` and closing the listener lie `limits.shutdown_delay`, in which clients are
+/// sent elsewhere without a request failing: HTTP/2 connections get a GOAWAY (the client opens
+/// its next stream on a new connection), HTTP/1.1 responses carry `Connection: close` (the
+/// client drops the connection after reading it), and new connections are still served the
+/// same way. Closing a kept-alive HTTP/1.1 connection while it is idle races with the client
+/// sending on it, and a POST lost that way is not retried: the API server's webhook client
+/// (HTTP/1.1 only, connections pooled per Service and reused until the server closes them)
+/// reports `EOF` or `broken pipe` and, with `failurePolicy: Fail`, rejects the object. With
+/// the delay, only connections that stayed idle throughout it are closed that way.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -401,12 +415,24 @@ pub async fn serve(
     let builder = Arc::new(builder);
     let table = ConnectionTable::new(limits.max_connections, limits.max_connections_per_source);
     let connections = TaskTracker::new();
+    let closed = CancellationToken::new();
+    let stop_accepting = {
+        let (shutdown, delay) = (shutdown.clone(), limits.shutdown_delay);
+        async move {
+            shutdown.cancelled().await;
+            if !delay.is_zero() {
+                tracing::info!(?delay, "sending clients elsewhere before closing the listener");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    tokio::pin!(stop_accepting);
 
     loop {
         // Never wait for a free slot before accepting: a connection left in the listen backlog
         // cannot be told apart from the API server's. Accept, then decide.
         let (tcp, peer) = tokio::select! {
-            () = shutdown.cancelled() => break,
+            () = &mut stop_accepting => break,
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
@@ -438,11 +464,13 @@ pub async fn serve(
             admission: admission.clone(),
             limits: limits.clone(),
             shutdown: shutdown.clone(),
+            closed: closed.clone(),
         };
         connections.spawn(connection.serve(tcp, peer, slot));
     }
     // Closing the listener refuses new connections from here on.
     drop(listener);
+    closed.cancel();
     connections.close();
     tracing::info!(connections = connections.len(), "draining in-flight requests");
     if tokio::time::timeout(limits.drain_grace, connections.wait()).await.is_err() {
@@ -459,7 +487,10 @@ struct Connection {
     builder: Arc<auto::Builder<TokioExecutor>>,
     admission: Arc<Admission>,
     limits: Limits,
+    /// Shutdown has started: send the client elsewhere.
     shutdown: CancellationToken,
+    /// The listener is closed: finish what is in flight and close.
+    closed: CancellationToken,
 }
 
 impl Connection {
@@ -487,11 +518,23 @@ impl Connection {
         slot.established(activity.clone());
         let admission = self.admission.clone();
         let in_flight = activity.clone();
-        let service = service_fn(move |request| {
+        let http2 = Arc::new(AtomicBool::new(false));
+        let (seen_http2, shutdown) = (http2.clone(), self.shutdown.clone());
+        let service = service_fn(move |request: Request<Incoming>| {
             let admission = admission.clone();
             let guard = in_flight.begin();
+            let version = request.version();
+            if version == Version::HTTP_2 {
+                seen_http2.store(true, Ordering::Relaxed);
+            }
+            let shutdown = shutdown.clone();
             async move {
-                let response = admission.handle(request).await;
+                let mut response = admission.handle(request).await;
+                // HTTP/1.1 while shutting down: the client closes after this response, so the
+                // connection is never closed under a request it is sending.
+                if shutdown.is_cancelled() && version < Version::HTTP_2 {
+                    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+                }
                 drop(guard);
                 Ok::<_, Infallible>(response)
             }
@@ -502,6 +545,8 @@ impl Connection {
         // open streams, and a client that never opens its flow-control window would hold them
         // (and this task) forever.
         let mut closing: Option<Instant> = None;
+        // Shutdown has started and the client was told to go elsewhere.
+        let mut told = false;
         loop {
             let idle_deadline = activity.idle_deadline(self.limits.idle_timeout);
             let recheck = idle_deadline.unwrap_or_else(|| Instant::now() + self.limits.idle_timeout);
@@ -513,8 +558,17 @@ impl Connection {
                     }
                     return;
                 }
-                () = self.shutdown.cancelled(), if closing.is_none() => {
-                    // The drain grace period bounds this one.
+                () = self.shutdown.cancelled(), if closing.is_none() && !told => {
+                    // HTTP/2: GOAWAY now, in-flight streams finish. HTTP/1.1 (or nothing
+                    // received yet): the next response says `Connection: close`.
+                    told = true;
+                    if http2.load(Ordering::Relaxed) {
+                        // The drain grace period bounds this one.
+                        closing = Some(Instant::now() + self.limits.drain_grace);
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
+                () = self.closed.cancelled(), if closing.is_none() => {
                     closing = Some(Instant::now() + self.limits.drain_grace);
                     connection.as_mut().graceful_shutdown();
                 }

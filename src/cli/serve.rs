@@ -1,9 +1,10 @@
 //! `trustgate serve`: wires the admission server, the admin port, TLS credentials and a policy
 //! source together, and runs them until a signal says stop.
 //!
-//! Shutdown: the first SIGTERM or SIGINT turns readiness false, closes the admission listener
-//! (new connections are refused), lets in-flight requests finish within `--drain-grace`, and
-//! exits 0. A second signal exits at once.
+//! Shutdown: the first SIGTERM or SIGINT turns readiness false, sends clients elsewhere for
+//! `--shutdown-delay` (still accepting), closes the admission listener (new connections are
+//! refused), lets in-flight requests finish within `--drain-grace`, and exits 0. A second signal
+//! exits at once.
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -144,7 +145,14 @@ pub struct ServeArgs {
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub idle_timeout: Duration,
 
-    /// How long in-flight requests may take to finish after SIGTERM.
+    /// After SIGTERM, how long new connections are still accepted while every client is sent
+    /// elsewhere (HTTP/1.1 responses carry `Connection: close`, HTTP/2 gets GOAWAY), before the
+    /// listener closes. Covers the time the API server takes to see the endpoint go and to
+    /// leave its kept-alive connections: the chart sets it to `shutdownDelaySeconds`.
+    #[arg(long, default_value = "0s", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub shutdown_delay: Duration,
+
+    /// How long in-flight requests may take to finish after the listener closes.
     #[arg(long, default_value = "25s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub drain_grace: Duration,
 
@@ -178,6 +186,7 @@ impl ServeArgs {
             idle_timeout: self.idle_timeout,
             max_connections: self.max_connections,
             max_connections_per_source: self.max_connections_per_source as usize,
+            shutdown_delay: self.shutdown_delay,
             drain_grace: self.drain_grace,
         }
     }
@@ -437,5 +446,8 @@ mod tests {
         assert!(parse(&["--self-signed", "--tls-cert", "c", "--tls-key", "k"]).is_err());
         let args = parse(&["--self-signed", "--audit-interval", "90s", "--drain-grace", "1m"]).unwrap();
         assert_eq!((args.audit_interval, args.drain_grace), (Duration::from_secs(90), Duration::from_secs(60)));
+        assert_eq!(args.shutdown_delay, Duration::ZERO, "no delay unless asked: the chart asks");
+        let args = parse(&["--self-signed", "--shutdown-delay", "5s"]).unwrap();
+        assert_eq!(args.shutdown_delay, Duration::from_secs(5));
     }
 }

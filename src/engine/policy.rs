@@ -223,7 +223,7 @@ impl CompiledPolicy {
     }
 
     /// Whether this policy applies to workloads in `namespace`.
-    pub(crate) fn applies_to(&self, namespace: &Namespace<'_>) -> bool {
+    pub fn applies_to(&self, namespace: &Namespace<'_>) -> bool {
         if self.excluded.iter().any(|n| n == namespace.name) {
             return false;
         }
