@@ -100,12 +100,16 @@ async fn at_the_cap_handshakes_and_idle_connections_are_shed_busy_ones_never() {
     for _ in 0..3 {
         busy.push(BusyRequest::start(tls_connect_from(HOG, server.addr, config.clone()).await.unwrap()).await);
     }
-    let (idle_send, idle_connection) = hyper::client::conn::http1::handshake::<_, http_body_util::Full<bytes::Bytes>>(
-        hyper_util::rt::TokioIo::new(tls_connect_from(API_SERVER, server.addr, config.clone()).await.unwrap()),
-    )
-    .await
-    .unwrap();
+    let (mut idle_send, idle_connection) =
+        hyper::client::conn::http1::handshake::<_, http_body_util::Full<bytes::Bytes>>(hyper_util::rt::TokioIo::new(
+            tls_connect_from(API_SERVER, server.addr, config.clone()).await.unwrap(),
+        ))
+        .await
+        .unwrap();
     let idle_connection = tokio::spawn(idle_connection);
+    // One review first: the server has seen its handshake through, and it is idle after.
+    let (status, _) = read(exchange(&mut idle_send, post("/validate", fixture("pod-create-allowed.json"))).await).await;
+    assert_eq!(status, StatusCode::OK);
     server.await_value("trustgate_admission_in_flight_requests", 3.0).await;
 
     // A newcomer takes the idle connection's slot (and keeps a request in flight)...
