@@ -10,7 +10,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 # shellcheck source=.ci/tools.sh
-source "$ROOT/.ci/tools.sh"
+source "$ROOT/.ci/tools.sh" chart
 
 CHART=charts/trustgate
 CRD=trustedregistrypolicies.trustgate.dev.yaml
