@@ -324,6 +324,7 @@ fn credentials(args: &ServeArgs, metrics: TlsMetrics) -> anyhow::Result<(Arc<Cre
             "self-signed certificate: clients must trust the CA bundle (curl --cacert {})",
             path.display()
         );
+        crate::admission::tls::report_expiry(&metrics, &generated.key);
         return Ok((Credentials::new(generated.key), None));
     }
     let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) else {

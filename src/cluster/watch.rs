@@ -91,6 +91,7 @@ pub(crate) struct WatchMetrics {
     healthy: Family<ResourceLabels, Gauge>,
     errors: Family<ResourceLabels, Counter>,
     invalid: Gauge,
+    ready: Family<PolicyLabels, Gauge>,
     leader: Gauge,
     status_writes: Family<ResultLabels, Counter>,
     audit_runs: Family<ResultLabels, Counter>,
@@ -117,6 +118,11 @@ impl WatchMetrics {
                 m.invalid.clone(),
             );
         }
+        registry.sub_registry_with_prefix("policy").register(
+            "ready",
+            "1 when the TrustedRegistryPolicy compiled and is enforced (Ready=True), 0 when it is not (Ready=False)",
+            m.ready.clone(),
+        );
         registry.register(
             "leader",
             "1 while this replica holds the lease (writes status, runs the audit)",
@@ -141,6 +147,15 @@ impl WatchMetrics {
             m.audit_last_success.clone(),
         );
         m
+    }
+
+    /// Readiness of every policy the index holds; deleted policies lose their series.
+    fn policies_compiled(&self, entries: &[Arc<PolicyEntry>]) {
+        self.ready.clear();
+        for entry in entries {
+            let ready = i64::from(entry.error().is_none());
+            self.ready.get_or_create(&PolicyLabels { policy: entry.name.clone() }).set(ready);
+        }
     }
 
     fn watch_ok(&self, resource: &'static str) {
@@ -243,6 +258,7 @@ async fn watch_loop(
         if change.policies && index.policies_synced() {
             let entries = index.policies();
             metrics.invalid.set(i64::try_from(index.invalid_policies()).unwrap_or(i64::MAX));
+            metrics.policies_compiled(&entries);
             let live: HashSet<_> = entries.iter().map(|e| (e.name.clone(), e.generation)).collect();
             reported.retain(|k| live.contains(k));
             for entry in &entries {
@@ -438,5 +454,40 @@ async fn audit_loop(
         }
         // Only the leader reports audit results.
         metrics.audit_violations.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry(name: &str, trusted: serde_json::Value) -> Arc<PolicyEntry> {
+        let object: PolicyObject = serde_json::from_value(json!({
+            "apiVersion": "trustgate.dev/v1alpha1",
+            "kind": "TrustedRegistryPolicy",
+            "metadata": {"name": name, "generation": 1},
+            "spec": {"trustedRegistries": trusted},
+        }))
+        .unwrap();
+        Arc::new(PolicyEntry::new(object))
+    }
+
+    #[test]
+    fn policy_readiness_follows_compilation_and_forgets_deleted_policies() {
+        let mut registry = crate::admission::metrics::registry();
+        let metrics = WatchMetrics::register(&mut registry);
+        // An empty list of trusted registries does not compile: the policy is Ready=False.
+        let (good, bad) = (entry("corp", json!(["registry.my.com"])), entry("broken", json!([])));
+        assert!(good.error().is_none() && bad.error().is_some());
+        metrics.policies_compiled(&[good.clone(), bad]);
+        let text = crate::admission::metrics::encode(&registry).unwrap();
+        assert!(text.contains(r#"trustgate_policy_ready{policy="corp"} 1"#), "{text}");
+        assert!(text.contains(r#"trustgate_policy_ready{policy="broken"} 0"#), "{text}");
+
+        metrics.policies_compiled(&[good]);
+        let text = crate::admission::metrics::encode(&registry).unwrap();
+        assert!(text.contains(r#"trustgate_policy_ready{policy="corp"} 1"#), "{text}");
+        assert!(!text.contains(r#"policy="broken""#), "a deleted policy keeps no series: {text}");
     }
 }
