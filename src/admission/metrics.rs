@@ -243,7 +243,7 @@ impl TlsMetrics {
     }
 
     /// Records the notAfter of the certificate now served, in Unix seconds.
-    pub fn serving_until(&self, not_after: i64) {
+    pub(crate) fn serving_until(&self, not_after: i64) {
         self.not_after.set(not_after);
     }
 

@@ -86,14 +86,14 @@ impl CertificateFiles {
 /// The notAfter of the certificate `key` answers handshakes with (the chain's first), in Unix
 /// seconds; `None` when it has no certificate or rustls accepted a certificate whose validity
 /// x509-parser cannot read.
-pub fn not_after(key: &CertifiedKey) -> Option<i64> {
+fn not_after(key: &CertifiedKey) -> Option<i64> {
     let leaf = key.end_entity_cert().ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
     Some(cert.validity().not_after.timestamp())
 }
 
 /// Publishes the notAfter of the certificate now served, so an alert can fire before it expires.
-pub fn report_expiry(metrics: &TlsMetrics, key: &CertifiedKey) {
+pub(crate) fn report_expiry(metrics: &TlsMetrics, key: &CertifiedKey) {
     match not_after(key) {
         Some(seconds) => metrics.serving_until(seconds),
         None => tracing::warn!("cannot read the serving certificate's notAfter: its expiry is not reported"),
