@@ -34,6 +34,10 @@ crds:
 chart:
     bash .ci/chart.sh
 
+# Lint the GitHub Actions workflows and the Dockerfile (installs pinned linters into .tools/)
+lint-release:
+    bash .ci/lint-release.sh
+
 # Run the webhook locally on self-signed TLS with the example policies
 run:
     cargo run --release --locked -- serve --self-signed --policy-file examples/policies --addr 127.0.0.1:8443 --admin-addr 127.0.0.1:8080
@@ -78,3 +82,7 @@ ci:
 # Build the container image (needs a Docker engine)
 image tag="trustgate:dev":
     docker build -t {{tag}} .
+
+# Build the multi-arch image as the release does (needs Docker buildx and QEMU)
+image-multiarch tag="trustgate:dev":
+    docker buildx build --platform linux/amd64,linux/arm64 -t {{tag}} .

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Chart checks: helm lint and render for every values file in charts/trustgate/ci, Kubernetes
-# schema validation of the output, the webhook/RBAC/CRD assertions of .ci/chart_assert.py,
-# negative tests for values that must be refused, CRD drift, yamllint and trivy.
+# schema validation of the output, the webhook/RBAC/CRD assertions of .ci/chart_assert.py (with
+# the PrometheusRule against its CRD schema and the dashboard's and alerts' metric names),
+# negative tests for values that must be refused and for breakage the assertions must catch,
+# CRD drift, yamllint and trivy.
 # Installs its tools with .ci/tools.sh (pinned, into .tools/). Runs in well under a minute.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 # shellcheck source=.ci/tools.sh
-source "$ROOT/.ci/tools.sh"
+source "$ROOT/.ci/tools.sh" chart
 
 CHART=charts/trustgate
 CRD=trustedregistrypolicies.trustgate.dev.yaml
@@ -81,9 +83,46 @@ ok "${#RENDERED[@]} rendered cases are valid for Kubernetes $KUBE_VERSION"
 ok "default render is valid for Kubernetes $OLDEST_KUBE_VERSION"
 
 step "webhook, workload, RBAC assertions; TrustedRegistryPolicy against the CRD schema"
-"$PY" "$ROOT/.ci/chart_assert.py" --crd "$CHART/crds/$CRD" "${ASSERT_ARGS[@]}" ||
-  die "assertions on the rendered chart failed (see FAIL lines above)"
+MONITORING_ARGS=(--rule-crd "$ROOT/.ci/schemas/prometheusrules.monitoring.coreos.com.yaml"
+  --known-metrics "$ROOT/.ci/known-metrics.txt")
+"$PY" "$ROOT/.ci/chart_assert.py" --crd "$CHART/crds/$CRD" "${MONITORING_ARGS[@]}" \
+  --require-monitoring "$OUT/full.yaml" --require-monitoring "$OUT/full-other-namespace.yaml" \
+  "${ASSERT_ARGS[@]}" || die "assertions on the rendered chart failed (see FAIL lines above)"
 ok "assertions"
+
+step "the assertions catch a broken PrometheusRule, dashboard or PolicyReport RBAC"
+# expect_assert_failure DESCRIPTION EXPECTED_MESSAGE_REGEX SED_SCRIPT: breaks the full render
+# with sed and requires chart_assert.py to refuse it with the expected message.
+expect_assert_failure() {
+  local description="$1" pattern="$2" script="$3"
+  sed -e "$script" "$OUT/full.yaml" >"$OUT/broken.yaml"
+  cmp -s "$OUT/full.yaml" "$OUT/broken.yaml" && die "$description: the sed script changed nothing"
+  if "$PY" "$ROOT/.ci/chart_assert.py" --crd "$CHART/crds/$CRD" "${MONITORING_ARGS[@]}" \
+    --require-monitoring "$OUT/broken.yaml" --case "$OUT/broken.yaml" "$NS" yes 1 >"$OUT/broken.out" 2>&1; then
+    die "$description: chart_assert.py accepted it"
+  fi
+  grep -Eq -- "$pattern" "$OUT/broken.out" ||
+    { cat "$OUT/broken.out" >&2; die "$description: failed without the expected message /$pattern/"; }
+  ok "$description is caught: $(grep -Eo -m1 -- "$pattern.{0,60}" "$OUT/broken.out")"
+}
+expect_assert_failure "a for: that is not a duration (CRD schema)" "for: 'ten minutes' does not match" \
+  's/^\( *for: \)10m$/\1ten minutes/'
+expect_assert_failure "a rule with a misspelt field (CRD schema)" "Additional properties.*'exprs'" \
+  's/^\( *\)expr: |-$/\1exprs: |-/'
+expect_assert_failure "an alert without summary" "TrustgateWebhookUnavailable lacks summary" \
+  '/summary: No trustgate replica is ready/d'
+expect_assert_failure "an alert querying a metric trustgate does not serve" \
+  "unknown metrics \['trustgate_audit_violation'\]" 's/trustgate_audit_violations{/trustgate_audit_violation{/'
+expect_assert_failure "a p99 budget above the webhook timeout" "p99 budget 30.0s is not within" \
+  's/^\( *) > \)[0-9.]*$/\130/'
+expect_assert_failure "a dashboard querying a metric trustgate does not serve" \
+  "unknown metrics \['trustgate_admission_request_total'\]" \
+  's/trustgate_admission_requests_total{namespace=\\"\$namespace/trustgate_admission_request_total{namespace=\\"$namespace/'
+expect_assert_failure "a dashboard that is not JSON" "not JSON" 's/^\(      \)"panels": \[$/\1"panels": [[/'
+expect_assert_failure "PolicyReport RBAC without the flag" "ClusterRole grants extra.*policyreports" \
+  '/- --policy-reports$/d'
+expect_assert_failure "the flag without PolicyReport RBAC" "lacks.*policyreports" \
+  '/apiGroups: \["wgpolicyk8s.io"\]/,/verbs:/d'
 
 step "values that must be refused"
 # expect_failure DESCRIPTION EXPECTED_MESSAGE_REGEX HELM_TEMPLATE_ARGS...
@@ -115,6 +154,14 @@ expect_failure "an extra rule for DELETE" "operations" \
 expect_failure "policySource file without policies" "filePolicies is empty" --set policySource=file
 expect_failure "a default policy without registries" "trustedRegistries" \
   --set defaultPolicy.enabled=true --set-json 'defaultPolicy.spec.trustedRegistries=[]'
+expect_failure "PolicyReports with the file policy source" "policyReports.enabled needs policySource=kubernetes" \
+  --set policyReports.enabled=true -f "$CHART/ci/file-values.yaml"
+expect_failure "a p99 budget of 0%" "latencyBudgetPercent" \
+  --set metrics.prometheusRule.enabled=true --set metrics.prometheusRule.latencyBudgetPercent=0
+expect_failure "an error ratio above 1" "errorRatio" \
+  --set metrics.prometheusRule.enabled=true --set metrics.prometheusRule.errorRatio=2
+expect_failure "a dashboard label key with a space" "labelKey" \
+  --set metrics.grafanaDashboard.enabled=true --set 'metrics.grafanaDashboard.labelKey=grafana dashboard'
 
 step "yamllint"
 YAMLLINT_CONFIG='{extends: default, rules: {line-length: {max: 100}, document-start: disable}}'

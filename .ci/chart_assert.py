@@ -6,12 +6,15 @@ kubernetes-validate). For each rendered case it asserts the contract of SPEC sec
 the webhook routes every kind to us, can never select its own namespace or kube-system, and
 uses a consistent CA; the Deployment, Service and RBAC are what the binary expects; and every
 TrustedRegistryPolicy the chart renders (kubernetes-validate has no schema for it) validates
-against the CRD's own openAPIV3Schema.
+against the CRD's own openAPIV3Schema; the PrometheusRule validates against the
+prometheus-operator CRD's schema and carries the alerts of issue 11, and the alerts and the
+Grafana dashboard query only metrics trustgate serves (.ci/known-metrics.txt).
 """
 
 import argparse
 import base64
 import copy
+import json
 import os
 import re
 import shutil
@@ -45,7 +48,22 @@ CLUSTER_ROLE_RULES = {
     *{("apps", r, "list") for r in ("deployments", "replicasets", "statefulsets", "daemonsets")},
     *{("batch", r, "list") for r in ("jobs", "cronjobs")},
 }
+POLICY_REPORT_RULES = {("wgpolicyk8s.io", "policyreports", v)
+                       for v in ("get", "list", "watch", "create", "update", "patch", "delete")}
 LEASE_VERBS = {"get", "create", "update", "patch"}
+
+# The alerts the PrometheusRule must carry (issue 11), each with summary and description.
+REQUIRED_ALERTS = {
+    "TrustgateWebhookUnavailable",
+    "TrustgateAdmissionErrors",
+    "TrustgateAdmissionLatencyHigh",
+    "TrustgatePolicyNotReady",
+    "TrustgateAuditViolationsRising",
+    "TrustgateCertificateExpiring",
+}
+SEVERITIES = {"critical", "warning", "info"}
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "offset",
+                "and", "or", "unless", "inf", "nan"}
 
 
 class Failures:
@@ -89,6 +107,9 @@ def openapi_to_jsonschema(node):
         out["anyOf"] = [{"type": "integer"}, {"type": "string"}]
     if out.pop("nullable", False) and "type" in out:
         out["type"] = [out["type"], "null"]
+    if isinstance(out.get("pattern"), str):
+        # RE2 (the API server's) takes inline flags anywhere; Python only at the very start.
+        out["pattern"] = re.sub(r"^\^\(\?([imsu]+)\)", r"(?\1)^", out["pattern"])
     return out
 
 
@@ -366,9 +387,10 @@ def check_workload(docs, case, namespace, fails):
                        for r in rule["resources"] for v in rule["verbs"]}
             fails.check(not any(rule.get("nonResourceURLs") for rule in cluster_role["rules"]), case,
                         "ClusterRole must not grant nonResourceURLs")
-            fails.check(granted == CLUSTER_ROLE_RULES, case,
-                        f"ClusterRole grants extra {sorted(granted - CLUSTER_ROLE_RULES)}, "
-                        f"lacks {sorted(CLUSTER_ROLE_RULES - granted)}")
+            # PolicyReports are written only when the binary is told to: the grant follows the flag.
+            want = CLUSTER_ROLE_RULES | (POLICY_REPORT_RULES if "--policy-reports" in args else set())
+            fails.check(granted == want, case,
+                        f"ClusterRole grants extra {sorted(granted - want)}, lacks {sorted(want - granted)}")
         role = roles.get("Role")
         if fails.check(role is not None, case, "leader-election Role missing"):
             fails.check(role["metadata"]["namespace"] == namespace, case, "Role must be in the release namespace")
@@ -377,6 +399,121 @@ def check_workload(docs, case, namespace, fails):
                             and set(rule["verbs"]) <= LEASE_VERBS, case, f"Role grants more than leases: {rule}")
     else:
         fails.check(not roles, case, "the file policy source needs no RBAC")
+        fails.check("--policy-reports" not in args, case, "--policy-reports needs the kubernetes source")
+
+
+class KnownMetrics:
+    """The series names the dashboard and the alerts may query (.ci/known-metrics.txt)."""
+
+    SUFFIXES = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"),
+                "gauge": ("",), "prometheus": ("",)}
+
+    def __init__(self, path):
+        self.names = set()
+        with open(path) as f:
+            for line in f:
+                line = line.split("#", 1)[0].strip()
+                if line:
+                    name, kind = line.split()
+                    self.names |= {name + suffix for suffix in self.SUFFIXES[kind]}
+
+
+def promql_metrics(expr):
+    """Metric names an expression selects: identifiers that are not functions, keywords, label
+    names (inside braces or by/without/on/ignoring lists), durations, numbers or strings."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"\{[^}]*\}", "{}", text)
+    text = re.sub(r"\[[^\]]*\]", "[]", text)
+    text = re.sub(r"\b(by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    names = set()
+    for m in re.finditer(r"(?<![\w$.])([A-Za-z_:][A-Za-z0-9_:]*)(\s*\()?", text):
+        word, call = m.group(1), m.group(2)
+        if call or word.lower() in PROMQL_WORDS:
+            continue
+        names.add(word)
+    return names
+
+
+def check_metric_names(exprs, known, where, case, fails):
+    fails.check(bool(exprs), case, f"{where}: no expressions found")
+    for expr in exprs:
+        names = promql_metrics(expr)
+        fails.check(bool(names), case, f"{where}: expression names no metric: {expr}")
+        unknown = sorted(names - known.names)
+        fails.check(not unknown, case, f"{where}: unknown metrics {unknown} in: {expr}")
+
+
+def check_prometheus_rule(docs, case, namespace, rule_crd, known, fails):
+    rules = [d for d in docs if d.get("kind") == "PrometheusRule"]
+    if not rules:
+        return False
+    vwc = next((d for d in docs if d.get("kind") == "ValidatingWebhookConfiguration"), None)
+    timeout = vwc["webhooks"][0]["timeoutSeconds"] if vwc else None
+    for doc in rules:
+        where = f"PrometheusRule/{doc['metadata']['name']}"
+        fails.check(doc["metadata"].get("namespace") == namespace, case, f"{where}: not in {namespace}")
+        rule_crd.validate(doc, where, case, fails)
+        alerts = {}
+        for group in doc.get("spec", {}).get("groups", []):
+            for rule in group.get("rules", []):
+                name = rule.get("alert") or rule.get("record")
+                alerts[name] = rule
+                annotations = rule.get("annotations") or {}
+                for key in ("summary", "description"):
+                    fails.check(bool(str(annotations.get(key, "")).strip()), case, f"{where}: {name} lacks {key}")
+                fails.check(bool(rule.get("for")), case, f"{where}: {name} has no for:")
+                severity = (rule.get("labels") or {}).get("severity")
+                fails.check(severity in SEVERITIES, case, f"{where}: {name} severity {severity!r}")
+        missing = sorted(REQUIRED_ALERTS - set(alerts))
+        fails.check(not missing, case, f"{where}: missing alerts {missing}")
+        check_metric_names([str(r.get("expr", "")) for r in alerts.values()], known, where, case, fails)
+        latency = alerts.get("TrustgateAdmissionLatencyHigh")
+        if latency and timeout:
+            # The budget must leave the API server's timeout room for the network and TLS.
+            m = re.search(r"\)\s*>\s*([0-9.]+)\s*$", str(latency.get("expr", "")))
+            if fails.check(m is not None, case, f"{where}: latency alert has no '> SECONDS' threshold"):
+                budget = float(m.group(1))
+                fails.check(0 < budget <= timeout, case,
+                            f"{where}: p99 budget {budget}s is not within the webhook timeout {timeout}s")
+    return True
+
+
+def check_dashboard(docs, case, known, fails):
+    """ConfigMaps labelled for the Grafana sidecar hold dashboards whose queries name real metrics."""
+    found = False
+    for doc in docs:
+        if doc.get("kind") != "ConfigMap" or not doc["metadata"]["name"].endswith("-dashboard"):
+            continue
+        found = True
+        where = f"ConfigMap/{doc['metadata']['name']}"
+        labels = doc["metadata"].get("labels") or {}
+        fails.check(any(k for k in labels if "dashboard" in k), case, f"{where}: no Grafana sidecar label: {labels}")
+        for key, text in (doc.get("data") or {}).items():
+            try:
+                dashboard = json.loads(text)
+            except json.JSONDecodeError as e:
+                fails.check(False, case, f"{where}[{key}]: not JSON: {e}")
+                continue
+            panels = list(walk_panels(dashboard.get("panels", [])))
+            ids = [p.get("id") for p in panels]
+            fails.check(len(ids) == len(set(ids)), case, f"{where}[{key}]: duplicate panel ids")
+            fails.check(bool(dashboard.get("uid")) and bool(dashboard.get("title")), case,
+                        f"{where}[{key}]: dashboard needs a uid and a title")
+            exprs = [t["expr"] for p in panels for t in p.get("targets", []) if t.get("expr")]
+            for var in dashboard.get("templating", {}).get("list", []):
+                query = var.get("query")
+                if isinstance(query, dict):
+                    query = query.get("query")
+                if var.get("type") == "query" and query:
+                    exprs.append(re.sub(r"^label_values\((.*),\s*\w+\)$", r"\1", query))
+            check_metric_names(exprs, known, f"{where}[{key}]", case, fails)
+    return found
+
+
+def walk_panels(panels):
+    for panel in panels:
+        yield panel
+        yield from walk_panels(panel.get("panels", []))
 
 
 def main():
@@ -386,9 +523,15 @@ def main():
                         metavar=("RENDERED", "NAMESPACE", "KUBE_SYSTEM", "MIN_POLICIES"),
                         help="rendered manifest, release namespace, whether kube-system must be "
                              "excluded (yes/no), how many TrustedRegistryPolicies it must contain")
+    parser.add_argument("--rule-crd", required=True, help="the PrometheusRule CRD (.ci/schemas)")
+    parser.add_argument("--known-metrics", required=True, help="metric families trustgate serves")
+    parser.add_argument("--require-monitoring", action="append", default=[], metavar="RENDERED",
+                        help="a rendered case that must contain the PrometheusRule and the dashboard")
     args = parser.parse_args()
 
     crd = CrdValidator(args.crd)
+    rule_crd = CrdValidator(args.rule_crd)
+    known = KnownMetrics(args.known_metrics)
     fails = Failures()
     validated = 0
     for rendered, namespace, kube_system, min_policies in args.case:
@@ -402,6 +545,11 @@ def main():
         for where, doc in policies:
             crd.validate(doc, where, case, fails)
             validated += 1
+        has_rule = check_prometheus_rule(docs, case, namespace, rule_crd, known, fails)
+        has_dashboard = check_dashboard(docs, case, known, fails)
+        if rendered in args.require_monitoring:
+            fails.check(has_rule, case, "no PrometheusRule rendered")
+            fails.check(has_dashboard, case, "no Grafana dashboard ConfigMap rendered")
 
     for rule in sorted(crd.unchecked_rules):
         print(f"[chart] note: CEL rule not evaluated here (the API server enforces it): {rule}", file=sys.stderr)

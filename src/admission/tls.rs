@@ -83,6 +83,23 @@ impl CertificateFiles {
     }
 }
 
+/// The notAfter of the certificate `key` answers handshakes with (the chain's first), in Unix
+/// seconds; `None` when it has no certificate or rustls accepted a certificate whose validity
+/// x509-parser cannot read.
+fn not_after(key: &CertifiedKey) -> Option<i64> {
+    let leaf = key.end_entity_cert().ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// Publishes the notAfter of the certificate now served, so an alert can fire before it expires.
+pub(crate) fn report_expiry(metrics: &TlsMetrics, key: &CertifiedKey) {
+    match not_after(key) {
+        Some(seconds) => metrics.serving_until(seconds),
+        None => tracing::warn!("cannot read the serving certificate's notAfter: its expiry is not reported"),
+    }
+}
+
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
     std::fs::read(path).map_err(|error| TlsError::Read { path: path.to_owned(), error })
 }
@@ -184,7 +201,9 @@ impl Reloader {
     pub fn load(files: CertificateFiles, metrics: TlsMetrics) -> Result<(Arc<Credentials>, Reloader), TlsError> {
         let cert = read(&files.cert)?;
         let key = read(&files.key)?;
-        let credentials = Credentials::new(files.parse(&cert, &key)?);
+        let loaded = files.parse(&cert, &key)?;
+        report_expiry(&metrics, &loaded);
+        let credentials = Credentials::new(loaded);
         let reloader = Reloader { files, credentials: credentials.clone(), seen: Seen::Files { cert, key }, metrics };
         Ok((credentials, reloader))
     }
@@ -206,6 +225,7 @@ impl Reloader {
         self.seen = seen;
         match result {
             Ok(key) => {
+                report_expiry(&self.metrics, &key);
                 self.credentials.replace(key);
                 self.metrics.reloaded();
                 tracing::info!(cert = %self.files.cert.display(), key = %self.files.key.display(), "serving the new TLS certificate");
@@ -341,6 +361,43 @@ mod tests {
         std::fs::write(&files.key, b.signing_key.serialize_pem()).unwrap();
         assert_eq!(reloader.check(), Reload::Reloaded);
         assert_eq!(served(&credentials), b.cert.der().to_vec());
+    }
+
+    /// A self-signed certificate for localhost that expires at midnight UTC of the given day.
+    fn expiring(year: i32, month: u8, day: u8) -> (String, String) {
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.not_after = rcgen::date_time_ymd(year, month, day);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    fn reported_not_after(registry: &prometheus_client::registry::Registry) -> Option<i64> {
+        let text = crate::admission::metrics::encode(registry).unwrap();
+        let line = text.lines().find(|l| l.starts_with("trustgate_tls_certificate_not_after_seconds "))?;
+        line.rsplit(' ').next()?.parse().ok()
+    }
+
+    #[test]
+    fn reports_the_served_certificates_not_after_on_load_and_reload() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut registry = crate::admission::metrics::registry();
+        let metrics = TlsMetrics::register(&mut registry);
+        let (cert, key) = expiring(2031, 5, 17);
+        let files = write(dir.path(), &cert, &key);
+        let (_, mut reloader) = Reloader::load(files.clone(), metrics).unwrap();
+        // 2031-05-17T00:00:00Z, computed by `date -u -d 2031-05-17 +%s`.
+        assert_eq!(reported_not_after(&registry), Some(1_936_742_400));
+
+        let (renewed, renewed_key) = expiring(2032, 1, 2);
+        std::fs::write(&files.cert, &renewed).unwrap();
+        assert!(matches!(reloader.check(), Reload::Failed(_)), "new certificate with the old key");
+        assert_eq!(reported_not_after(&registry), Some(1_936_742_400), "the old certificate is still served");
+
+        std::fs::write(&files.key, &renewed_key).unwrap();
+        assert_eq!(reloader.check(), Reload::Reloaded);
+        // `date -u -d 2032-01-02 +%s`
+        assert_eq!(reported_not_after(&registry), Some(1_956_614_400));
     }
 
     #[cfg(unix)]

@@ -98,6 +98,7 @@ pub(crate) struct WatchMetrics {
     healthy: Family<ResourceLabels, Gauge>,
     errors: Family<ResourceLabels, Counter>,
     invalid: Gauge,
+    ready: Family<PolicyLabels, Gauge>,
     leader: Gauge,
     status_writes: Family<ResultLabels, Counter>,
     audit_runs: Family<ResultLabels, Counter>,
@@ -124,6 +125,11 @@ impl WatchMetrics {
                 m.invalid.clone(),
             );
         }
+        registry.sub_registry_with_prefix("policy").register(
+            "ready",
+            "1 when the TrustedRegistryPolicy compiled and is enforced (Ready=True), 0 when it is not (Ready=False)",
+            m.ready.clone(),
+        );
         registry.register(
             "leader",
             "1 while this replica holds the lease (writes status, runs the audit)",
@@ -150,6 +156,15 @@ impl WatchMetrics {
         m
     }
 
+    /// Readiness of every policy the index holds; deleted policies lose their series.
+    fn policies_compiled(&self, entries: &[Arc<PolicyEntry>]) {
+        self.ready.clear();
+        for entry in entries {
+            let ready = i64::from(entry.error().is_none());
+            self.ready.get_or_create(&PolicyLabels { policy: entry.name.clone() }).set(ready);
+        }
+    }
+
     fn watch_ok(&self, resource: &'static str) {
         self.healthy.get_or_create(&ResourceLabels { resource }).set(1);
     }
@@ -157,6 +172,19 @@ impl WatchMetrics {
     fn watch_failed(&self, resource: &'static str) {
         self.healthy.get_or_create(&ResourceLabels { resource }).set(0);
         self.errors.get_or_create(&ResourceLabels { resource }).inc();
+    }
+
+    /// One series in every family: the encoder skips families without any, and the test of
+    /// the known metric list must see them all.
+    #[cfg(test)]
+    pub(crate) fn touch_every_family(&self) {
+        self.watch_failed(POLICIES);
+        self.synced.get_or_create(&ResourceLabels { resource: POLICIES }).set(1);
+        self.ready.get_or_create(&PolicyLabels { policy: "p".into() }).set(1);
+        self.status_writes.get_or_create(&ResultLabels { result: "success" }).inc();
+        self.audit_runs.get_or_create(&ResultLabels { result: "success" }).inc();
+        self.audit_violations.get_or_create(&PolicyLabels { policy: "p".into() }).set(1);
+        self.audit_listed.get_or_create(&KindLabels { resource: "pods" }).set(1);
     }
 }
 
@@ -309,6 +337,7 @@ async fn watch_loop(
         if change.policies && index.policies_synced() {
             let entries = index.policies();
             metrics.invalid.set(i64::try_from(index.invalid_policies()).unwrap_or(i64::MAX));
+            metrics.policies_compiled(&entries);
             let live: HashSet<_> = entries.iter().map(|e| (e.name.clone(), e.generation)).collect();
             reported.retain(|k| live.contains(k));
             for entry in &entries {
@@ -570,5 +599,36 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(1), "the same instant, not a new full wait");
         assert_eq!(next_event(&mut stream, &mut retry).await, Some(2), "no wait without a new error");
         assert_eq!(start.elapsed(), Duration::from_secs(1));
+    }
+
+    use serde_json::json;
+
+    fn entry(name: &str, trusted: serde_json::Value) -> Arc<PolicyEntry> {
+        let object: PolicyObject = serde_json::from_value(json!({
+            "apiVersion": "trustgate.dev/v1alpha1",
+            "kind": "TrustedRegistryPolicy",
+            "metadata": {"name": name, "generation": 1},
+            "spec": {"trustedRegistries": trusted},
+        }))
+        .unwrap();
+        Arc::new(PolicyEntry::new(object))
+    }
+
+    #[test]
+    fn policy_readiness_follows_compilation_and_forgets_deleted_policies() {
+        let mut registry = crate::admission::metrics::registry();
+        let metrics = WatchMetrics::register(&mut registry);
+        // An empty list of trusted registries does not compile: the policy is Ready=False.
+        let (good, bad) = (entry("corp", json!(["registry.my.com"])), entry("broken", json!([])));
+        assert!(good.error().is_none() && bad.error().is_some());
+        metrics.policies_compiled(&[good.clone(), bad]);
+        let text = crate::admission::metrics::encode(&registry).unwrap();
+        assert!(text.contains(r#"trustgate_policy_ready{policy="corp"} 1"#), "{text}");
+        assert!(text.contains(r#"trustgate_policy_ready{policy="broken"} 0"#), "{text}");
+
+        metrics.policies_compiled(&[good]);
+        let text = crate::admission::metrics::encode(&registry).unwrap();
+        assert!(text.contains(r#"trustgate_policy_ready{policy="corp"} 1"#), "{text}");
+        assert!(!text.contains(r#"policy="broken""#), "a deleted policy keeps no series: {text}");
     }
 }

@@ -136,3 +136,15 @@ start its own Pods), kube-system unless explicitly turned off, and webhook.exclu
 {{- $names = concat $names (.Values.webhook.excludedNamespaces | default list) }}
 {{- $names | uniq | toJson }}
 {{- end }}
+
+{{/*
+PromQL label matchers that pick this release's series: those of the chart's ServiceMonitor
+(Prometheus sets job to the Service's name) unless metrics.selector says otherwise.
+*/}}
+{{- define "trustgate.metricsSelector" -}}
+{{- if .Values.metrics.selector }}
+{{- .Values.metrics.selector }}
+{{- else }}
+{{- printf "namespace=%q,job=%q" .Release.Namespace (include "trustgate.fullname" .) }}
+{{- end }}
+{{- end }}
