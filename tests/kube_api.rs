@@ -390,7 +390,8 @@ mod audit {
                 }
             }
         };
-        let (report, lines) = tokio::join!(audit::run(&client, &snapshot, 2, time("2026-01-01T00:00:00Z")), server);
+        let (report, lines) =
+            tokio::join!(audit::run(&client, &snapshot, 2, time("2026-01-01T00:00:00Z"), false), server);
         assert_eq!(
             lines,
             [
@@ -425,7 +426,7 @@ mod audit {
             assert_eq!(request.line(), "GET /apis/apps/v1/deployments?&limit=500");
             send.send_response(status_response(403, "Forbidden"));
         };
-        let (report, ()) = tokio::join!(audit::run(&client, &snapshot, 500, Timestamp::now()), server);
+        let (report, ()) = tokio::join!(audit::run(&client, &snapshot, 500, Timestamp::now(), false), server);
         let error = report.unwrap_err();
         assert_eq!(error.to_string(), "failed to list deployments");
     }
@@ -644,6 +645,7 @@ mod source {
                 lease_name: "trustgate".into(),
                 identity: "pod-a".into(),
                 audit_interval: Duration::from_secs(3600),
+                policy_reports: false,
             },
             &mut registry,
         );
@@ -838,6 +840,7 @@ mod source {
             lease_name: "trustgate".into(),
             identity: "pod-b".into(),
             audit_interval: Duration::from_secs(1),
+            policy_reports: false,
         };
         let run = tokio::spawn(KubeSource::new(config, &mut registry).run(client, store.clone(), shutdown.clone()));
         eventually("readiness", || store.is_ready().then_some(())).await;
