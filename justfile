@@ -40,7 +40,7 @@ run:
 
 # End-to-end tests (every tests/e2e*.rs file) against the cluster KUBECONFIG points to
 e2e:
-    cargo test --locked --test e2e --test e2e_semantics -- --ignored --test-threads=1
+    cargo test --locked --test e2e --test e2e_semantics --test e2e_cluster_check --test e2e_policy_reports -- --ignored --test-threads=1
 
 # Check the example workloads against the example policies
 check-examples:
