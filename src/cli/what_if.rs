@@ -152,7 +152,9 @@ pub async fn check_client(
             "warning: this identity cannot read Namespace labels; policies with a namespaceSelector are applied to every namespace"
         );
     }
-    let snapshot = Snapshot { policies, namespaces };
+    // An empty map, not `None`: every namespace is then one whose labels are unknown, which
+    // selector-bound policies apply to (`None` would mean "no labels", which they skip).
+    let snapshot = Snapshot { policies, namespaces: Some(namespaces.unwrap_or_default()) };
     let mut report = Report::default();
     let mut progress = Progress::new();
     let mut listed = 0;
