@@ -323,6 +323,21 @@ mod tests {
     }
 
     #[test]
+    fn cluster_flags_belong_to_check_cluster() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["trustgate", "check", "-p", "p.yaml"].iter().chain(args));
+        let Command::Check(args) = parse(&["--cluster", "--context", "kit", "-n", "shop"]).unwrap().command else {
+            panic!("a check command");
+        };
+        assert!(args.cluster);
+        assert_eq!((args.context.as_deref(), args.namespace.as_deref()), (Some("kit"), Some("shop")));
+        assert!(parse(&["--cluster", "deploy.yaml"]).is_err(), "the cluster or manifests, not both");
+        assert!(parse(&["--context", "kit"]).is_err(), "--context needs --cluster");
+        assert!(parse(&["--kubeconfig", "k"]).is_err(), "--kubeconfig needs --cluster");
+        let Command::Check(args) = parse(&[]).unwrap().command else { panic!("a check command") };
+        assert_eq!(args.namespace, None, "offline check then defaults to `default`");
+    }
+
+    #[test]
     fn normalize_json_fields() {
         let n = Normalized::of("Evil/app");
         assert_eq!(

@@ -123,7 +123,7 @@ impl Progress {
         if self.terminal {
             let mut err = std::io::stderr().lock();
             // \r and "erase line": the next update overwrites this one.
-            let _ = write!(err, "\r\x1b[2Klisting {plural}: {listed} objects");
+            let _ = write!(err, "\r\x1b[2Klisting {plural}... {listed} objects so far");
             let _ = err.flush();
             self.shown = true;
         }
