@@ -19,7 +19,7 @@ pub struct Report {
 
 /// One object's decision.
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub(crate) struct ObjectReport {
+pub struct ObjectReport {
     pub kind: String,
     pub namespace: String,
     pub name: String,
@@ -35,7 +35,7 @@ pub(crate) struct ObjectReport {
 }
 
 #[derive(Debug, Serialize, Default, PartialEq, Eq)]
-pub(crate) struct Summary {
+pub struct Summary {
     pub objects: usize,
     pub allowed: usize,
     pub warned: usize,
@@ -110,7 +110,7 @@ impl Checker {
 impl Report {
     /// Evaluates one workload in namespace `ns` and adds its decision (offline check and
     /// `check --cluster` both report through here).
-    pub fn add(
+    pub(crate) fn add(
         &mut self,
         policies: &PolicySet,
         workload: &Workload<'_>,

@@ -20,11 +20,11 @@ use crate::engine::PolicySet;
 use crate::engine::snapshot::{NamespaceLabels, Snapshot};
 
 /// Objects per page of each list.
-pub const PAGE_SIZE: u32 = 500;
+pub(crate) const PAGE_SIZE: u32 = 500;
 
 /// Which cluster, and which part of it.
 #[derive(Debug, Clone, Default)]
-pub struct Target {
+pub(crate) struct Target {
     /// A kubeconfig file instead of `KUBECONFIG` or `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
     /// A context instead of the kubeconfig's current one.
@@ -186,7 +186,7 @@ pub async fn check_client(
 }
 
 /// `check --cluster`: connects to `target` and evaluates `policies` there.
-pub fn check(target: &Target, policies: PolicySet) -> anyhow::Result<Report> {
+pub(crate) fn check(target: &Target, policies: PolicySet) -> anyhow::Result<Report> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     runtime.block_on(async {
         let (client, source) = client(target).await?;

@@ -90,7 +90,7 @@ pub struct UnreadableObject {
 /// when its controller (also listed) reports for it, else its workload, named from `metadata`
 /// (a listed object's JSON carries its metadata apart). An owned Pod keeps only its ephemeral
 /// containers, the one thing its owner's template cannot tell.
-pub fn top_level<'a>(
+pub(crate) fn top_level<'a>(
     kind: &str,
     metadata: &'a ObjectMeta,
     object: &'a serde_json::Value,
@@ -256,7 +256,7 @@ pub struct AuditReport {
 
 /// Lists every object of `api`, `params.limit` at a time, handing each page's objects to
 /// `visit` (one page is held at a time).
-pub async fn each_page(
+pub(crate) async fn each_page(
     api: &Api<DynamicObject>,
     mut params: ListParams,
     mut visit: impl FnMut(&[DynamicObject]),
@@ -274,7 +274,7 @@ pub async fn each_page(
 /// Lists every audited kind, cluster-wide or in `namespace` only, `page_size` objects at a
 /// time, handing each page to `visit`; returns how many objects of each kind were listed.
 /// Only the `list` verb is used, so a read-only (`view`) identity is enough.
-pub async fn list_workloads(
+pub(crate) async fn list_workloads(
     client: &Client,
     namespace: Option<&str>,
     page_size: u32,

@@ -25,16 +25,16 @@ use crate::cluster::audit::each_page;
 use crate::engine::Violation;
 
 /// The name of trustgate's report in each namespace.
-pub const REPORT_NAME: &str = "trustgate";
+pub(crate) const REPORT_NAME: &str = "trustgate";
 /// The label that marks trustgate's reports; stale ones are found by it.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub(crate) const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// The value of [`MANAGED_BY_LABEL`], and the `source` of every result.
-pub const SOURCE: &str = "trustgate";
+pub(crate) const SOURCE: &str = "trustgate";
 /// At most this many results per report.
-pub const MAX_RESULTS: usize = 200;
+pub(crate) const MAX_RESULTS: usize = 200;
 
 /// The PolicyReport resource (`wgpolicyk8s.io/v1alpha2`, plural `policyreports`).
-pub fn api_resource() -> ApiResource {
+pub(crate) fn api_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
         &GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport"),
         "policyreports",
