@@ -903,6 +903,7 @@ mod policy_reports {
             reason: "is not trusted".into(),
             kind: ViolationKind::Untrusted,
             policy_message: None,
+            existing: false,
         }
     }
 

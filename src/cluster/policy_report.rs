@@ -323,6 +323,7 @@ mod tests {
             reason: format!("breaks {policy}"),
             kind,
             policy_message: None,
+            existing: false,
         }
     }
 
