@@ -71,8 +71,10 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# Every e2e test file; each adapts to TRUSTGATE_E2E_MODE (local or in-cluster).
-E2E_TESTS=(--test e2e --test e2e_semantics)
+# Every e2e test file runs in local mode; those that adapt to TRUSTGATE_E2E_MODE=in-cluster run
+# again against the chart's webhook (the others start a trustgate process of their own).
+E2E_TESTS=(--test e2e --test e2e_semantics --test e2e_cluster_check --test e2e_policy_reports)
+E2E_IN_CLUSTER=(--test e2e --test e2e_semantics)
 
 # The test binaries (debug profile, shared with `cargo test`) and the binary they run locally.
 build_tests() {
@@ -137,10 +139,10 @@ run_node() {
     --set audit.interval=15s --wait --timeout 3m
   "${in_ns[@]}" kubectl -n "$RELEASE_NS" get pods -o wide
 
-  step "node: cargo test ${E2E_TESTS[*]} -- --ignored (in-cluster, inside the netns)"
+  step "node: cargo test ${E2E_IN_CLUSTER[*]} -- --ignored (in-cluster, inside the netns)"
   TRUSTGATE_E2E_MODE=in-cluster TRUSTGATE_E2E_AUDIT_TIMEOUT=90 \
     TRUSTGATE_E2E_HELM="$HELM" TRUSTGATE_E2E_RELEASE="$RELEASE_NS/$RELEASE" \
-    "${in_ns[@]}" cargo test --offline --locked "${E2E_TESTS[@]}" -- --ignored --test-threads=1 --show-output
+    "${in_ns[@]}" cargo test --offline --locked "${E2E_IN_CLUSTER[@]}" -- --ignored --test-threads=1 --show-output
   finish_step
 }
 

@@ -11,15 +11,15 @@ use crate::engine::workload::Workload;
 use crate::engine::{Namespace, PolicySet, Subject, Verdict, Violation};
 
 /// The JSON document `check --output json` prints.
-#[derive(Debug, Serialize, PartialEq, Eq)]
-pub(crate) struct Report {
+#[derive(Debug, Serialize, PartialEq, Eq, Default)]
+pub struct Report {
     pub objects: Vec<ObjectReport>,
     pub summary: Summary,
 }
 
 /// One object's decision.
 #[derive(Debug, Serialize, PartialEq, Eq)]
-pub(crate) struct ObjectReport {
+pub struct ObjectReport {
     pub kind: String,
     pub namespace: String,
     pub name: String,
@@ -35,7 +35,7 @@ pub(crate) struct ObjectReport {
 }
 
 #[derive(Debug, Serialize, Default, PartialEq, Eq)]
-pub(crate) struct Summary {
+pub struct Summary {
     pub objects: usize,
     pub allowed: usize,
     pub warned: usize,
@@ -101,27 +101,42 @@ impl Checker {
         for (workload, source) in self.pending {
             let namespace = workload.namespace.as_deref().unwrap_or(default_namespace);
             let ns = Namespace { name: namespace, labels: Some(self.labels.get(namespace).unwrap_or(&no_labels)) };
-            let decision = policies.evaluate_workload(&workload, &ns, now);
-            let verdict = decision.verdict();
-            let subject = Subject::of(&workload, namespace);
-            match verdict {
-                Verdict::Allow => report.summary.allowed += 1,
-                Verdict::Warn => report.summary.warned += 1,
-                Verdict::Deny => report.summary.denied += 1,
-            }
-            report.objects.push(ObjectReport {
-                kind: workload.kind.to_string(),
-                namespace: namespace.to_owned(),
-                name: subject.display_name().into_owned(),
-                source,
-                decision: verdict,
-                denial: decision.denial(&subject),
-                warnings: decision.warnings(&subject),
-                violations: decision.violations,
-            });
+            report.add(policies, &workload, &ns, source, now);
         }
-        report.summary.objects = report.objects.len();
         report
+    }
+}
+
+impl Report {
+    /// Evaluates one workload in namespace `ns` and adds its decision (offline check and
+    /// `check --cluster` both report through here).
+    pub(crate) fn add(
+        &mut self,
+        policies: &PolicySet,
+        workload: &Workload<'_>,
+        ns: &Namespace<'_>,
+        source: String,
+        now: Timestamp,
+    ) {
+        let decision = policies.evaluate_workload(workload, ns, now);
+        let verdict = decision.verdict();
+        let subject = Subject::of(workload, ns.name);
+        match verdict {
+            Verdict::Allow => self.summary.allowed += 1,
+            Verdict::Warn => self.summary.warned += 1,
+            Verdict::Deny => self.summary.denied += 1,
+        }
+        self.objects.push(ObjectReport {
+            kind: workload.kind.to_string(),
+            namespace: ns.name.to_owned(),
+            name: subject.display_name().into_owned(),
+            source,
+            decision: verdict,
+            denial: decision.denial(&subject),
+            warnings: decision.warnings(&subject),
+            violations: decision.violations,
+        });
+        self.summary.objects = self.objects.len();
     }
 }
 

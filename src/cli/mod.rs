@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod serve;
+pub mod what_if;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -76,9 +77,20 @@ pub struct CheckArgs {
     /// TrustedRegistryPolicy files or directories (repeatable).
     #[arg(long = "policy", short = 'p', value_name = "PATH", required = true)]
     pub policies: Vec<PathBuf>,
-    /// Namespace of objects that do not set metadata.namespace.
-    #[arg(long, short = 'n', default_value = "default", value_name = "NS")]
-    pub namespace: String,
+    /// Namespace of objects that do not set metadata.namespace [default: default]; with
+    /// --cluster, the only namespace listed.
+    #[arg(long, short = 'n', value_name = "NS")]
+    pub namespace: Option<String>,
+    /// Evaluate the workloads of the live cluster (current kubeconfig context) instead of
+    /// manifests: read-only, each reported as its top-level owner, as the audit does.
+    #[arg(long, conflicts_with = "paths")]
+    pub cluster: bool,
+    /// Kubeconfig context for --cluster [default: the current context].
+    #[arg(long, value_name = "CONTEXT", requires = "cluster")]
+    pub context: Option<String>,
+    /// Kubeconfig file for --cluster [default: $KUBECONFIG, else ~/.kube/config].
+    #[arg(long, value_name = "FILE", requires = "cluster")]
+    pub kubeconfig: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t)]
     pub output: Output,
@@ -139,16 +151,28 @@ fn run_check(args: CheckArgs) -> ExitCode {
             .map_or("", |(f, _)| f.as_str());
         return fail(format!("{file}: {e}"));
     }
+    if args.cluster {
+        let target = what_if::Target { kubeconfig: args.kubeconfig, context: args.context, namespace: args.namespace };
+        return match what_if::check(&target, set) {
+            Ok(report) => print_check(&report, args.output),
+            Err(e) => fail(format!("{e:#}")),
+        };
+    }
     let paths = if args.paths.is_empty() { vec![PathBuf::from("-")] } else { args.paths };
     let mut checker = check::Checker::default();
     let read = manifest::each_in_paths(&paths, |doc| checker.add(&doc).map_err(check::CheckError::from));
     if let Err(e) = read {
         return fail(e);
     }
-    let report = checker.finish(&set, &args.namespace, jiff::Timestamp::now());
-    let printed = match args.output {
-        Output::Json => print_json(&report),
-        Output::Text => print_report(&report),
+    let report = checker.finish(&set, args.namespace.as_deref().unwrap_or("default"), jiff::Timestamp::now());
+    print_check(&report, args.output)
+}
+
+/// Prints a check report; the exit code says whether an Enforce policy was violated.
+fn print_check(report: &Report, output: Output) -> ExitCode {
+    let printed = match output {
+        Output::Json => print_json(report),
+        Output::Text => print_report(report),
     };
     if let Err(e) = printed {
         return fail(format!("writing output: {e}"));
@@ -296,6 +320,21 @@ mod tests {
     fn cli_definition_is_consistent() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn cluster_flags_belong_to_check_cluster() {
+        let parse = |args: &[&str]| Cli::try_parse_from(["trustgate", "check", "-p", "p.yaml"].iter().chain(args));
+        let Command::Check(args) = parse(&["--cluster", "--context", "kit", "-n", "shop"]).unwrap().command else {
+            panic!("a check command");
+        };
+        assert!(args.cluster);
+        assert_eq!((args.context.as_deref(), args.namespace.as_deref()), (Some("kit"), Some("shop")));
+        assert!(parse(&["--cluster", "deploy.yaml"]).is_err(), "the cluster or manifests, not both");
+        assert!(parse(&["--context", "kit"]).is_err(), "--context needs --cluster");
+        assert!(parse(&["--kubeconfig", "k"]).is_err(), "--kubeconfig needs --cluster");
+        let Command::Check(args) = parse(&[]).unwrap().command else { panic!("a check command") };
+        assert_eq!(args.namespace, None, "offline check then defaults to `default`");
     }
 
     #[test]

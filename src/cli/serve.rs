@@ -105,6 +105,13 @@ pub struct ServeArgs {
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub audit_interval: Duration,
 
+    /// Have the leader's audit also write its findings as `wgpolicyk8s.io/v1alpha2`
+    /// PolicyReports (one per namespace, labelled app.kubernetes.io/managed-by=trustgate),
+    /// deleting those of namespaces without findings. Needs the PolicyReport CRD and RBAC on
+    /// policyreports; without the CRD this is logged once and the audit carries on.
+    #[arg(long, env = "TRUSTGATE_POLICY_REPORTS")]
+    pub policy_reports: bool,
+
     /// Name of the Lease that elects the replica writing status and running the audit.
     #[arg(long, default_value = "trustgate-leader", value_name = "NAME")]
     pub lease_name: String,
@@ -300,6 +307,7 @@ async fn serve(
                 lease_name: args.lease_name.clone(),
                 identity: args.identity(),
                 audit_interval: args.audit_interval,
+                policy_reports: args.policy_reports,
             };
             let source = crate::cluster::watch::KubeSource::new(config, &mut registry);
             let (store, shutdown) = (store.clone(), shutdown.clone());
@@ -428,6 +436,8 @@ mod tests {
         assert_eq!(limits.handshake_timeout, defaults.handshake_timeout);
         assert_eq!(limits.header_read_timeout, defaults.header_read_timeout);
         assert_eq!(args.source().unwrap(), PolicySource::Kubernetes);
+        assert!(!args.policy_reports, "PolicyReports are off unless asked for");
+        assert!(parse(&["--self-signed", "--policy-reports"]).unwrap().policy_reports);
     }
 
     #[test]

@@ -5,9 +5,13 @@
 //! to that owner, whose template is what the runtime keeps recreating. The one thing only a Pod
 //! carries is ephemeral containers (`kubectl debug`), so owned Pods are still checked for those.
 //!
-//! [`Audit`] is the pure aggregation; [`run`] pages through the API server (bounded memory: one
-//! page and at most [`MAX_SAMPLES`] samples per policy are held at a time).
+//! [`top_level`] is that roll-up and [`list_workloads`] the paging through the API server; both
+//! are shared with `trustgate check --cluster`, so the what-if sees exactly what the audit sees.
+//! [`Audit`] is the pure aggregation; [`run`] drives it (bounded memory: one page, at most
+//! [`MAX_SAMPLES`] samples per policy and, with PolicyReports on, at most
+//! [`policy_report::MAX_RESULTS`] results per namespace are held at a time).
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -17,6 +21,7 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 
 use crate::api::{AuditSample, AuditStatus};
+use crate::cluster::policy_report::{self, PolicyReports};
 use crate::engine::snapshot::Snapshot;
 use crate::engine::workload::{ContainerList, Workload};
 
@@ -37,6 +42,12 @@ impl AuditedKind {
         AuditedKind { group, version, kind, plural }
     }
 
+    /// The `apiVersion` of its objects: `apps/v1`, or `v1` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() { self.version.to_owned() } else { format!("{}/{}", self.group, self.version) }
+    }
+
+    /// The kube-rs resource of this kind, for a dynamic `Api`.
     pub fn api_resource(&self) -> ApiResource {
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(self.group, self.version, self.kind), self.plural)
     }
@@ -75,6 +86,38 @@ pub struct UnreadableObject {
     pub source: serde_json::Error,
 }
 
+/// What is left to evaluate of one listed object of `kind` once ownership is rolled up: `None`
+/// when its controller (also listed) reports for it, else its workload, named from `metadata`
+/// (a listed object's JSON carries its metadata apart). An owned Pod keeps only its ephemeral
+/// containers, the one thing its owner's template cannot tell.
+pub(crate) fn top_level<'a>(
+    kind: &str,
+    metadata: &'a ObjectMeta,
+    object: &'a serde_json::Value,
+) -> Result<Option<Workload<'a>>, UnreadableObject> {
+    let owned = metadata.owner_references.iter().flatten().any(is_audited_controller);
+    if owned && kind != "Pod" {
+        return Ok(None);
+    }
+    let namespace = metadata.namespace.as_deref().unwrap_or_default();
+    let name = metadata.name.as_deref().unwrap_or_default();
+    let mut workload = Workload::read(Some(kind), object).map_err(|source| UnreadableObject {
+        kind: kind.to_owned(),
+        namespace: namespace.to_owned(),
+        name: name.to_owned(),
+        source,
+    })?;
+    workload.name = Cow::Borrowed(name);
+    workload.namespace = Some(Cow::Borrowed(namespace));
+    if owned {
+        workload.containers.retain(|c| c.field.list == ContainerList::EphemeralContainers);
+        if workload.containers.is_empty() {
+            return Ok(None);
+        }
+    }
+    Ok(Some(workload))
+}
+
 #[derive(Debug, Default)]
 struct Findings {
     violations: i64,
@@ -89,6 +132,7 @@ pub struct Audit {
     now: Timestamp,
     findings: BTreeMap<Arc<str>, Findings>,
     evaluated: u64,
+    reports: Option<PolicyReports>,
 }
 
 impl Audit {
@@ -96,7 +140,13 @@ impl Audit {
     pub fn new(snapshot: &Snapshot, now: Timestamp) -> Self {
         let findings =
             snapshot.policies.policies().iter().map(|p| (Arc::from(p.name()), Findings::default())).collect();
-        Audit { now, findings, evaluated: 0 }
+        Audit { now, findings, evaluated: 0, reports: None }
+    }
+
+    /// Also collects PolicyReport results (see [`policy_report`]).
+    pub fn with_policy_reports(mut self) -> Self {
+        self.reports = Some(PolicyReports::default());
+        self
     }
 
     /// Evaluates one listed object of `kind`; `object` is its JSON (metadata may be absent
@@ -108,26 +158,24 @@ impl Audit {
         metadata: &ObjectMeta,
         object: &serde_json::Value,
     ) -> Result<(), UnreadableObject> {
-        let owned = metadata.owner_references.iter().flatten().any(is_audited_controller);
-        if owned && kind != "Pod" {
+        let Some(workload) = top_level(kind, metadata, object)? else {
             return Ok(());
-        }
+        };
         let namespace = metadata.namespace.as_deref().unwrap_or_default();
         let name = metadata.name.as_deref().unwrap_or_default();
-        let mut workload = Workload::read(Some(kind), object).map_err(|source| UnreadableObject {
-            kind: kind.to_owned(),
-            namespace: namespace.to_owned(),
-            name: name.to_owned(),
-            source,
-        })?;
-        if owned {
-            workload.containers.retain(|c| c.field.list == ContainerList::EphemeralContainers);
-            if workload.containers.is_empty() {
-                return Ok(());
-            }
-        }
         self.evaluated += 1;
         let decision = snapshot.policies.evaluate(&snapshot.namespace(namespace), &workload.containers, self.now);
+        if let Some(reports) = &mut self.reports {
+            let api_version = AUDITED_KINDS.iter().find(|k| k.kind == kind).map(AuditedKind::api_version);
+            let owner = policy_report::Owner {
+                api_version: api_version.unwrap_or_default(),
+                kind,
+                namespace,
+                name,
+                uid: metadata.uid.as_deref().unwrap_or_default(),
+            };
+            reports.record(&owner, &decision.violations);
+        }
         let mut counted: Vec<&str> = Vec::new();
         for v in &decision.violations {
             if counted.contains(&&*v.policy) {
@@ -164,9 +212,10 @@ impl Audit {
         self.evaluated
     }
 
-    /// The audit status of every policy.
-    pub fn finish(self, last_run: Time) -> BTreeMap<String, AuditStatus> {
-        self.findings
+    /// The audit status of every policy, and the PolicyReports if they were collected.
+    pub fn finish(self, last_run: Time) -> (BTreeMap<String, AuditStatus>, Option<PolicyReports>) {
+        let statuses = self
+            .findings
             .into_iter()
             .map(|(policy, f)| {
                 let status = AuditStatus {
@@ -176,11 +225,12 @@ impl Audit {
                 };
                 (policy.to_string(), status)
             })
-            .collect()
+            .collect();
+        (statuses, self.reports)
     }
 }
 
-/// A failed audit run.
+/// A failed list.
 #[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("failed to list {plural}")]
@@ -195,6 +245,8 @@ pub enum AuditError {
 #[derive(Debug)]
 pub struct AuditReport {
     pub statuses: BTreeMap<String, AuditStatus>,
+    /// The PolicyReport results, when asked for.
+    pub policy_reports: Option<PolicyReports>,
     /// Objects listed, per kind.
     pub listed: BTreeMap<&'static str, u64>,
     pub evaluated: u64,
@@ -202,40 +254,78 @@ pub struct AuditReport {
     pub unreadable: u64,
 }
 
-/// Lists every audited kind cluster-wide, `page_size` objects at a time, and evaluates each.
+/// Lists every object of `api`, `params.limit` at a time, handing each page's objects to
+/// `visit` (one page is held at a time).
+pub(crate) async fn each_page(
+    api: &Api<DynamicObject>,
+    mut params: ListParams,
+    mut visit: impl FnMut(&[DynamicObject]),
+) -> Result<(), kube::Error> {
+    loop {
+        let page = api.list(&params).await?;
+        visit(&page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Lists every audited kind, cluster-wide or in `namespace` only, `page_size` objects at a
+/// time, handing each page to `visit`; returns how many objects of each kind were listed.
+/// Only the `list` verb is used, so a read-only (`view`) identity is enough.
+pub(crate) async fn list_workloads(
+    client: &Client,
+    namespace: Option<&str>,
+    page_size: u32,
+    mut visit: impl FnMut(&AuditedKind, &[DynamicObject]),
+) -> Result<BTreeMap<&'static str, u64>, AuditError> {
+    let mut listed = BTreeMap::new();
+    for kind in &AUDITED_KINDS {
+        let api: Api<DynamicObject> = match namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &kind.api_resource()),
+            None => Api::all_with(client.clone(), &kind.api_resource()),
+        };
+        let mut count = 0;
+        each_page(&api, ListParams::default().limit(page_size), |page| {
+            count += page.len() as u64;
+            visit(kind, page);
+        })
+        .await
+        .map_err(|source| AuditError::List { plural: kind.plural, source })?;
+        listed.insert(kind.plural, count);
+    }
+    Ok(listed)
+}
+
+/// Lists every audited kind cluster-wide, `page_size` objects at a time, and evaluates each;
+/// with `policy_reports`, also collects the PolicyReport results.
 /// A failed list fails the run: a partial count would read as a real one.
 pub async fn run(
     client: &Client,
     snapshot: &Snapshot,
     page_size: u32,
     now: Timestamp,
+    policy_reports: bool,
 ) -> Result<AuditReport, AuditError> {
     let mut audit = Audit::new(snapshot, now);
-    let mut listed = BTreeMap::new();
+    if policy_reports {
+        audit = audit.with_policy_reports();
+    }
     let mut unreadable = 0;
-    for kind in &AUDITED_KINDS {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &kind.api_resource());
-        let mut params = ListParams::default().limit(page_size);
-        let mut count = 0;
-        loop {
-            let page = api.list(&params).await.map_err(|source| AuditError::List { plural: kind.plural, source })?;
-            for object in &page.items {
-                count += 1;
-                if let Err(e) = audit.record(snapshot, kind.kind, &object.metadata, &object.data) {
-                    unreadable += 1;
-                    tracing::warn!(error = %e, source = %e.source, "audit skipped an object");
-                }
-            }
-            match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                Some(token) => params = params.continue_token(&token),
-                None => break,
+    let listed = list_workloads(client, None, page_size, |kind, page| {
+        for object in page {
+            if let Err(e) = audit.record(snapshot, kind.kind, &object.metadata, &object.data) {
+                unreadable += 1;
+                tracing::warn!(error = %e, source = %e.source, "audit skipped an object");
             }
         }
-        listed.insert(kind.plural, count);
-    }
+    })
+    .await?;
     let evaluated = audit.evaluated();
     let last_run = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
-    Ok(AuditReport { statuses: audit.finish(last_run), listed, evaluated, unreadable })
+    let (statuses, policy_reports) = audit.finish(last_run);
+    Ok(AuditReport { statuses, policy_reports, listed, evaluated, unreadable })
 }
 
 #[cfg(test)]
@@ -302,7 +392,7 @@ mod tests {
     }
 
     fn finish(audit: Audit) -> BTreeMap<String, AuditStatus> {
-        audit.finish(Time(now()))
+        audit.finish(Time(now())).0
     }
 
     #[test]

@@ -6,5 +6,6 @@ pub mod audit;
 pub mod file_source;
 pub mod index;
 pub mod lease;
+pub mod policy_report;
 pub mod status;
 pub mod watch;

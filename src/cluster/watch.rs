@@ -36,6 +36,7 @@ use tracing::{debug, info, warn};
 use crate::cluster::audit;
 use crate::cluster::index::{Index, PolicyEntry, PolicyObject};
 use crate::cluster::lease::{Elector, LeaseConfig};
+use crate::cluster::policy_report::ReportWriter;
 use crate::cluster::status::{self, ReadyStatus};
 use crate::engine::snapshot::Store;
 
@@ -62,6 +63,8 @@ pub struct WatchConfig {
     /// `holderIdentity` in the lease: the pod name.
     pub identity: String,
     pub audit_interval: Duration,
+    /// Also write the audit's findings as `wgpolicyk8s.io` PolicyReports.
+    pub policy_reports: bool,
 }
 
 /// The policies as the status writer sees them; `None` until the first list is in.
@@ -211,13 +214,14 @@ impl KubeSource {
             lease = %format!("{}/{}", config.lease_namespace, config.lease_name),
             identity = %config.identity,
             audit_interval = ?config.audit_interval,
+            policy_reports = config.policy_reports,
             "watching TrustedRegistryPolicies and Namespaces"
         );
         tokio::join!(
             watch_loop(client.clone(), store.clone(), view_tx, metrics.clone(), shutdown.clone()),
             lease_loop(elector, leader_tx, metrics.clone(), shutdown.clone()),
             status_loop(Api::all(client.clone()), view_rx, leader_rx.clone(), metrics.clone(), shutdown.clone()),
-            audit_loop(client, store, leader_rx, config.audit_interval, metrics, shutdown),
+            audit_loop(client, store, leader_rx, &config, metrics, shutdown),
         );
         Ok(())
     }
@@ -468,10 +472,12 @@ async fn audit_loop(
     client: Client,
     store: Arc<Store>,
     mut leader: channel::Receiver<bool>,
-    interval: Duration,
+    config: &WatchConfig,
     metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) {
+    let interval = config.audit_interval;
+    let mut report_writer = config.policy_reports.then(|| ReportWriter::new(client.clone()));
     let api: Api<PolicyObject> = Api::all(client.clone());
     let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
     loop {
@@ -498,7 +504,7 @@ async fn audit_loop(
                 }
             };
             let started = std::time::Instant::now();
-            let run = audit::run(&client, &snapshot, AUDIT_PAGE_SIZE, Timestamp::now());
+            let run = audit::run(&client, &snapshot, AUDIT_PAGE_SIZE, Timestamp::now(), report_writer.is_some());
             let report = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = leader.wait_for(|l| !*l) => break,
@@ -529,6 +535,18 @@ async fn audit_loop(
                     Ok(_) => {}
                     Err(kube::Error::Api(s)) if s.is_not_found() => {}
                     Err(error) => warn!(%policy, %error, "failed to write audit status"),
+                }
+            }
+            if let (Some(writer), Some(reports)) = (report_writer.as_mut(), report.policy_reports) {
+                if !*leader.borrow() {
+                    break;
+                }
+                match writer.sync(reports.into_objects(Timestamp::now())).await {
+                    Ok(synced) => debug!(?synced, "PolicyReports written"),
+                    Err(error) => {
+                        let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+                        warn!(%error, %source, "failed to write PolicyReports; retrying at the next audit");
+                    }
                 }
             }
             metrics.audit_runs.get_or_create(&ResultLabels { result: "success" }).inc();
