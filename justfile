@@ -75,6 +75,11 @@ bench-server:
 bench-flood:
     ulimit -n "$(ulimit -Hn)" && cargo bench --locked --bench flood
 
+# Offline check benchmark: generates inputs into target/bench-check/, times `check` on them
+bench-check: build
+    bash benches/check-inputs.sh
+    for f in pods-1000 stream-50mb; do for i in 1 2 3; do /usr/bin/time -f "$f: %e s, %M KB peak RSS" target/release/trustgate check -p examples/policies -o json target/bench-check/$f.yaml > /dev/null || true; done; done
+
 # Everything CI runs
 ci:
     bash .ci/run

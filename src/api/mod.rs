@@ -5,6 +5,7 @@ pub mod crd;
 pub mod manifest;
 mod policy;
 mod status;
+pub mod stream;
 
 pub use crd::{crd, crd_yaml};
 pub use policy::{

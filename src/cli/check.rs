@@ -6,7 +6,7 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::manifest::Document;
+use crate::api::manifest::{Document, DocumentText, ObjectReader, Position};
 use crate::engine::workload::Workload;
 use crate::engine::{Namespace, PolicySet, Subject, Verdict, Violation};
 
@@ -32,6 +32,9 @@ pub struct ObjectReport {
     /// The warnings as kubectl would print them.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// Where the object and its images are written (not part of the JSON contract).
+    #[serde(skip)]
+    pub lines: Lines,
 }
 
 #[derive(Debug, Serialize, Default, PartialEq, Eq)]
@@ -69,39 +72,158 @@ pub(crate) enum CheckError {
     Unreadable(#[from] UnreadableObject),
 }
 
+/// What `check` keeps of one object: the compact workload, a Namespace's labels, and where its
+/// images are written.
+#[derive(Debug)]
+pub struct Entry {
+    pub workload: Workload<'static>,
+    pub namespace_labels: Option<(String, BTreeMap<String, String>)>,
+    pub lines: Lines,
+}
+
+/// Where an object and its images are written in its file (1-based lines), for reports that
+/// point at code (SARIF). Found by a text scan of the object's document: see
+/// [`crate::api::stream::image_lines`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lines {
+    /// The document's first line of content.
+    pub object: Option<usize>,
+    /// The line of each container's image, by field path (`spec.containers[0]`).
+    pub images: Vec<(String, usize)>,
+}
+
+impl Lines {
+    /// The line of the image of the container at `field`, else the object's line.
+    pub fn of(&self, field: &str) -> Option<usize> {
+        self.images.iter().find(|(f, _)| f == field).map(|(_, l)| *l).or(self.object)
+    }
+}
+
+/// Why one object cannot be read; [`UnreadableObject`] once its file and document are known.
+#[derive(Debug)]
+pub struct ObjectError {
+    kind: String,
+    name: String,
+    message: String,
+}
+
+impl ObjectError {
+    /// Names the file and document.
+    pub fn at(self, position: Position<'_>) -> UnreadableObject {
+        UnreadableObject {
+            source_file: position.source.to_owned(),
+            document: position.document,
+            kind: self.kind,
+            name: self.name,
+            message: self.message,
+        }
+    }
+}
+
+/// Reads manifests for `check`, on any thread.
+#[derive(Debug, Default)]
+pub struct CheckReader {
+    /// Find the line of each image (only SARIF needs them).
+    pub locate: bool,
+}
+
+impl CheckReader {
+    fn lines(&self, workload: &Workload<'_>, document: Option<DocumentText<'_>>) -> Lines {
+        let Some(document) = document.filter(|_| self.locate) else { return Lines::default() };
+        let object = document
+            .text
+            .lines()
+            .position(|l| {
+                let l = l.trim();
+                !(l.is_empty() || l.starts_with('#') || l == "---" || l.starts_with("--- #"))
+            })
+            .map(|i| document.first_line + i);
+        let written = crate::api::stream::image_lines(document.text, document.first_line);
+        let images = workload
+            .containers
+            .iter()
+            .filter_map(|c| {
+                let image = c.image.as_deref()?;
+                // Several containers may share an image: each points at its first line.
+                let line = written.iter().find(|(_, v)| *v == image)?.0;
+                Some((c.field.to_string(), line))
+            })
+            .collect();
+        Lines { object, images }
+    }
+}
+
+impl ObjectReader for CheckReader {
+    type Item = Entry;
+    type Error = ObjectError;
+
+    fn read_yaml(&self, document: DocumentText<'_>) -> Option<Entry> {
+        // Straight from the text, without a tree: most of the time a stream takes. `no_schema`
+        // refuses plain scalars that the general reader would type as numbers or booleans
+        // (`image: 1.25`), so that such a document takes the general way and gets its error;
+        // Namespaces (labels) and Lists (items) always take the general way too.
+        let mut options = serde_saphyr::Options::default();
+        options.no_schema = true;
+        options.with_snippet = false;
+        let workload = serde_saphyr::with_deserializer_from_str_with_options(document.text, options, |de| {
+            Workload::read(None, de).map(Workload::into_owned)
+        })
+        .ok()?;
+        // An empty or comment-only document reads as an object with no fields here, but is no
+        // object at all for the general reader: without a kind, take the general way.
+        if workload.kind.is_empty() || workload.kind == "Namespace" || workload.kind.ends_with("List") {
+            return None;
+        }
+        let lines = self.lines(&workload, Some(document));
+        Some(Entry { workload, namespace_labels: None, lines })
+    }
+
+    fn read_value(&self, object: &Value, document: Option<DocumentText<'_>>) -> Result<Entry, ObjectError> {
+        let kind = || object.get("kind").and_then(Value::as_str).unwrap_or("").to_owned();
+        let workload = Workload::read(None, object).map_err(|e| ObjectError {
+            kind: kind(),
+            name: object.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned(),
+            message: e.to_string(),
+        })?;
+        let lines = self.lines(&workload, document);
+        Ok(Entry { workload: workload.into_owned(), namespace_labels: namespace_labels(object), lines })
+    }
+}
+
 /// Collects objects one document at a time, keeping only what evaluation needs (a Namespace
 /// may come after the objects it labels, so evaluation waits for the last document).
 #[derive(Default)]
-pub(crate) struct Checker {
-    pending: Vec<(Workload<'static>, String)>,
+pub struct Checker {
+    pending: Vec<(Workload<'static>, String, Lines)>,
     labels: HashMap<String, BTreeMap<String, String>>,
 }
 
 impl Checker {
     /// Reads one document's pod spec (or Namespace labels).
     pub fn add(&mut self, doc: &Document) -> Result<(), UnreadableObject> {
-        let workload = Workload::read(None, &doc.value).map_err(|e| UnreadableObject {
-            source_file: doc.source.clone(),
-            document: doc.document,
-            kind: doc.kind().to_owned(),
-            name: doc.value.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned(),
-            message: e.to_string(),
-        })?;
-        if let Some((name, labels)) = namespace_labels(doc) {
+        let entry = CheckReader::default()
+            .read_value(&doc.value, None)
+            .map_err(|e| e.at(Position { source: &doc.source, document: doc.document }))?;
+        self.push(&doc.source, entry);
+        Ok(())
+    }
+
+    /// Keeps one object read by [`CheckReader`].
+    pub fn push(&mut self, source: &str, entry: Entry) {
+        if let Some((name, labels)) = entry.namespace_labels {
             self.labels.insert(name, labels);
         }
-        self.pending.push((workload.into_owned(), doc.source.clone()));
-        Ok(())
+        self.pending.push((entry.workload, source.to_owned(), entry.lines));
     }
 
     /// Evaluates everything read.
     pub fn finish(self, policies: &PolicySet, default_namespace: &str, now: Timestamp) -> Report {
         let no_labels = BTreeMap::new();
         let mut report = Report { objects: Vec::with_capacity(self.pending.len()), summary: Summary::default() };
-        for (workload, source) in self.pending {
+        for (workload, source, lines) in self.pending {
             let namespace = workload.namespace.as_deref().unwrap_or(default_namespace);
             let ns = Namespace { name: namespace, labels: Some(self.labels.get(namespace).unwrap_or(&no_labels)) };
-            report.add(policies, &workload, &ns, source, now);
+            report.add(policies, &workload, &ns, source, lines, now);
         }
         report
     }
@@ -116,6 +238,7 @@ impl Report {
         workload: &Workload<'_>,
         ns: &Namespace<'_>,
         source: String,
+        lines: Lines,
         now: Timestamp,
     ) {
         let decision = policies.evaluate_workload(workload, ns, now);
@@ -135,18 +258,19 @@ impl Report {
             denial: decision.denial(&subject),
             warnings: decision.warnings(&subject),
             violations: decision.violations,
+            lines,
         });
         self.summary.objects = self.objects.len();
     }
 }
 
-/// The name and labels of a Namespace document.
-fn namespace_labels(doc: &Document) -> Option<(String, BTreeMap<String, String>)> {
-    if doc.kind() != "Namespace" {
+/// The name and labels of a Namespace object.
+fn namespace_labels(object: &Value) -> Option<(String, BTreeMap<String, String>)> {
+    if object.get("kind").and_then(Value::as_str) != Some("Namespace") {
         return None;
     }
-    let name = doc.value.pointer("/metadata/name").and_then(Value::as_str)?;
-    let labels = doc.value.pointer("/metadata/labels").and_then(Value::as_object)?;
+    let name = object.pointer("/metadata/name").and_then(Value::as_str)?;
+    let labels = object.pointer("/metadata/labels").and_then(Value::as_object)?;
     // Label values are strings; a non-string value is skipped like an absent label.
     let labels = labels.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect();
     Some((name.to_owned(), labels))
@@ -235,6 +359,79 @@ mod tests {
             "summary": {"objects": 1, "allowed": 0, "warned": 0, "denied": 1}
         });
         assert_eq!(json, expected);
+    }
+
+    /// The shortcut straight from YAML reads what the general reader reads, or steps aside.
+    #[test]
+    fn the_yaml_shortcut_agrees_with_the_general_reader() {
+        let reader = CheckReader { locate: true };
+        let scalars = [
+            "nginx",
+            "'1.25'",
+            "1.25",
+            "5",
+            "0x1F",
+            "0o17",
+            "1e3",
+            ".5",
+            "+1",
+            ".inf",
+            "true",
+            "True",
+            "yes",
+            "on",
+            "y",
+            "null",
+            "~",
+            "Null",
+            "''",
+            "\"a\\u0041\"",
+            "!!str 5",
+            "2026-01-01",
+            "1_000",
+        ];
+        let mut shortcut = 0;
+        for scalar in scalars {
+            for doc in [
+                format!(
+                    "kind: Pod\nmetadata: {{name: {scalar}, namespace: {scalar}}}\nspec:\n  containers:\n  - name: {scalar}\n    image: {scalar}\n"
+                ),
+                format!(
+                    "kind: Deployment\nmetadata:\n  generateName: {scalar}\nspec:\n  template:\n    spec:\n      initContainers: [{{name: i, image: {scalar}}}]\n      containers: [{{name: c, image: {scalar}}}]\n"
+                ),
+                format!(
+                    "kind: {scalar}\nspec: {{jobTemplate: {{spec: {{template: {{spec: {{containers: [{{image: {scalar}}}]}}}}}}}}}}\n"
+                ),
+                format!(
+                    "base: &b {{name: a, image: {scalar}}}\nkind: Pod\nspec:\n  containers:\n  - <<: *b\n    name: merged\n"
+                ),
+            ] {
+                let document = DocumentText { text: &doc, first_line: 1 };
+                let general = manifest::parse("x.yaml", &doc)
+                    .ok()
+                    .and_then(|d| d.into_iter().next())
+                    .map(|d| reader.read_value(&d.value, Some(document)).map(|e| (e.workload, e.lines)));
+                if let Some(fast) = reader.read_yaml(document) {
+                    shortcut += 1;
+                    let Some(Ok(general)) = general else {
+                        panic!("shortcut read {doc:?}, the general reader did not")
+                    };
+                    assert_eq!((fast.workload, fast.lines), general, "{doc}");
+                }
+            }
+        }
+        assert!(shortcut >= 30, "the shortcut is taken for ordinary documents ({shortcut})");
+        for doc in [
+            "kind: Namespace\nmetadata: {name: a, labels: {x: y}}\n",
+            "kind: List\nitems: []\n",
+            "5\n",
+            "",
+            "# c\n",
+            "---\n",
+            "{}\n",
+        ] {
+            assert!(reader.read_yaml(DocumentText { text: doc, first_line: 1 }).is_none(), "{doc:?}");
+        }
     }
 
     #[test]

@@ -2,6 +2,8 @@
 //! runs the engine offline. This layer may import every other one; nothing imports it.
 
 pub mod check;
+pub mod junit;
+pub mod sarif;
 pub mod serve;
 pub mod what_if;
 
@@ -72,6 +74,20 @@ pub enum Output {
     Json,
 }
 
+/// `check --output`: the formats of [`Output`] and the CI report formats.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum CheckOutput {
+    /// Human-readable text, coloured on a terminal.
+    #[default]
+    Text,
+    /// One JSON document.
+    Json,
+    /// SARIF 2.1.0, for GitHub code scanning: one result per violation, at the image's line.
+    Sarif,
+    /// JUnit XML: one test case per object, a failure per denied object.
+    Junit,
+}
+
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// TrustedRegistryPolicy files or directories (repeatable).
@@ -93,7 +109,7 @@ pub struct CheckArgs {
     pub kubeconfig: Option<PathBuf>,
     /// Output format.
     #[arg(long, short = 'o', value_enum, default_value_t)]
-    pub output: Output,
+    pub output: CheckOutput,
     /// Manifest files or directories; `-` or nothing reads stdin.
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -160,7 +176,11 @@ fn run_check(args: CheckArgs) -> ExitCode {
     }
     let paths = if args.paths.is_empty() { vec![PathBuf::from("-")] } else { args.paths };
     let mut checker = check::Checker::default();
-    let read = manifest::each_in_paths(&paths, |doc| checker.add(&doc).map_err(check::CheckError::from));
+    let reader = check::CheckReader { locate: args.output == CheckOutput::Sarif };
+    let read = manifest::read_objects(&paths, &reader, |at, entry| {
+        checker.push(at.source, entry.map_err(|e| e.at(at))?);
+        Ok::<_, check::CheckError>(())
+    });
     if let Err(e) = read {
         return fail(e);
     }
@@ -169,10 +189,12 @@ fn run_check(args: CheckArgs) -> ExitCode {
 }
 
 /// Prints a check report; the exit code says whether an Enforce policy was violated.
-fn print_check(report: &Report, output: Output) -> ExitCode {
+fn print_check(report: &Report, output: CheckOutput) -> ExitCode {
     let printed = match output {
-        Output::Json => print_json(report),
-        Output::Text => print_report(report),
+        CheckOutput::Json => print_json(report),
+        CheckOutput::Text => print_report(report),
+        CheckOutput::Sarif => print_json(&sarif::log(report)),
+        CheckOutput::Junit => anstream::stdout().lock().write_all(junit::document(report).as_bytes()),
     };
     if let Err(e) = printed {
         return fail(format!("writing output: {e}"));

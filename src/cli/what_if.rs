@@ -166,7 +166,14 @@ pub async fn check_client(
             match audit::top_level(kind.kind, &object.metadata, &object.data) {
                 Ok(Some(workload)) => {
                     let ns = workload.namespace.as_deref().unwrap_or_default();
-                    report.add(&snapshot.policies, &workload, &snapshot.namespace(ns), source.to_owned(), now);
+                    report.add(
+                        &snapshot.policies,
+                        &workload,
+                        &snapshot.namespace(ns),
+                        source.to_owned(),
+                        crate::cli::check::Lines::default(),
+                        now,
+                    );
                 }
                 Ok(None) => {}
                 Err(e) => {

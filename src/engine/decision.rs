@@ -31,6 +31,70 @@ pub enum ViolationKind {
     PullPolicy,
 }
 
+/// How a report names and explains a [`ViolationKind`] (a SARIF rule, a JUnit failure type).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RuleInfo {
+    /// Stable identifier: `TG` and a number, never reused.
+    pub id: &'static str,
+    /// PascalCase name.
+    pub name: &'static str,
+    /// One sentence: what the rule asks for.
+    pub description: &'static str,
+}
+
+impl ViolationKind {
+    /// Every kind, in rule-id order. A new kind is added here and in [`ViolationKind::rule`].
+    pub const ALL: [ViolationKind; 8] = [
+        ViolationKind::Invalid,
+        ViolationKind::Untrusted,
+        ViolationKind::Unqualified,
+        ViolationKind::DigestRequired,
+        ViolationKind::DeniedTag,
+        ViolationKind::RuleDigestRequired,
+        ViolationKind::RuleDeniedTag,
+        ViolationKind::PullPolicy,
+    ];
+
+    /// The rule this kind of violation breaks, as reports name it.
+    pub fn rule(self) -> RuleInfo {
+        let (id, name, description) = match self {
+            ViolationKind::Invalid => {
+                ("TG001", "InvalidImageReference", "Container images must be valid image references.")
+            }
+            ViolationKind::Untrusted => {
+                ("TG002", "UntrustedRegistry", "Container images must come from a registry the policy trusts.")
+            }
+            ViolationKind::Unqualified => (
+                "TG003",
+                "UnqualifiedImage",
+                "Container images must name their registry host when the policy denies unqualified images.",
+            ),
+            ViolationKind::DigestRequired => {
+                ("TG004", "DigestRequired", "Container images must be pinned by digest when the policy requires it.")
+            }
+            ViolationKind::DeniedTag => {
+                ("TG005", "DeniedTag", "Container images must not use a tag the policy denies.")
+            }
+            ViolationKind::RuleDigestRequired => (
+                "TG006",
+                "RegistryRuleDigestRequired",
+                "Container images from a registry with a registry rule that requires digests must be pinned by digest.",
+            ),
+            ViolationKind::RuleDeniedTag => (
+                "TG007",
+                "RegistryRuleDeniedTag",
+                "Container images from a registry with a registry rule must not use a tag that rule denies.",
+            ),
+            ViolationKind::PullPolicy => (
+                "TG008",
+                "PullPolicyAlways",
+                "Containers whose image comes from a registry with an imagePullPolicy: Always rule must set imagePullPolicy: Always.",
+            ),
+        };
+        RuleInfo { id, name, description }
+    }
+}
+
 /// One image that one policy does not accept, and why.
 #[derive(Serialize, Clone, Debug, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
@@ -172,5 +236,22 @@ impl Decision {
             }
         }
         Some(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_has_a_distinct_rule_in_id_order() {
+        let ids: Vec<&str> = ViolationKind::ALL.iter().map(|k| k.rule().id).collect();
+        let mut sorted = ids.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(ids, sorted, "ids are unique and ALL is in id order");
+        let names: std::collections::HashSet<&str> = ViolationKind::ALL.iter().map(|k| k.rule().name).collect();
+        assert_eq!(names.len(), ViolationKind::ALL.len());
+        assert!(ViolationKind::ALL.iter().all(|k| k.rule().description.ends_with('.')));
     }
 }
