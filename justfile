@@ -54,6 +54,18 @@ bench:
 bench-server:
     cargo bench --locked --bench server_load
 
+# Policy churn under load: 50 policy updates/s through the watcher's index for 60 s at 2,000 reviews/s
+bench-churn secs="60" rate="2000" churn="50":
+    TRUSTGATE_BENCH_MODE=churn TRUSTGATE_BENCH_SECS={{secs}} TRUSTGATE_BENCH_RATE={{rate}} TRUSTGATE_CHURN_RATE={{churn}} cargo bench --locked --bench server_load
+
+# Soak: the release server at a fixed rate (default 30 min at 2,000 reviews/s), RSS and fds sampled to target/soak-*.csv
+soak secs="1800" rate="2000" sample="10":
+    TRUSTGATE_BENCH_MODE=soak TRUSTGATE_BENCH_SECS={{secs}} TRUSTGATE_BENCH_RATE={{rate}} TRUSTGATE_SOAK_SAMPLE_SECS={{sample}} cargo bench --locked --bench server_load
+
+# Fuzz one target (reference, review, manifest) for SECONDS with cargo-fuzz (installed into .tools/)
+fuzz target="review" seconds="600":
+    bash .ci/fuzz.sh {{seconds}} {{target}}
+
 # Everything CI runs
 ci:
     bash .ci/run
