@@ -80,6 +80,14 @@ bench-check: build
     bash benches/check-inputs.sh
     for f in pods-1000 stream-50mb; do for i in 1 2 3; do /usr/bin/time -f "$f: %e s, %M KB peak RSS" target/release/trustgate check -p examples/policies -o json target/bench-check/$f.yaml > /dev/null || true; done; done
 
+# Policy churn under load: 50 policy updates/s through the watcher's index for 60 s at 2,000 reviews/s
+bench-churn secs="60" rate="2000" churn="50":
+    TRUSTGATE_BENCH_MODE=churn TRUSTGATE_BENCH_SECS={{secs}} TRUSTGATE_BENCH_RATE={{rate}} TRUSTGATE_CHURN_RATE={{churn}} cargo bench --locked --bench server_load
+
+# Soak: the release server at a fixed rate (default 30 min at 2,000 reviews/s), RSS and fds sampled to target/soak-*.csv
+soak secs="1800" rate="2000" sample="10":
+    TRUSTGATE_BENCH_MODE=soak TRUSTGATE_BENCH_SECS={{secs}} TRUSTGATE_BENCH_RATE={{rate}} TRUSTGATE_SOAK_SAMPLE_SECS={{sample}} cargo bench --locked --bench server_load
+
 # Everything CI runs
 ci:
     bash .ci/run

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -76,12 +76,7 @@ impl Drop for Server {
 
 impl Server {
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or(0)
+        rss_kib(&self.child.id().to_string())
     }
 
     fn cpu_ticks(&self) -> u64 {
@@ -139,14 +134,27 @@ enum Sender {
 
 impl Sender {
     async fn connect(addr: SocketAddr, config: Arc<rustls::ClientConfig>, http2: bool, body: &Bytes) -> Sender {
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        tcp.set_nodelay(true).unwrap();
-        let tls = TlsConnector::from(config).connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+        Sender::try_connect(addr, config, http2, body).await.unwrap_or_else(|e| panic!("cannot connect: {e}"))
+    }
+
+    async fn try_connect(
+        addr: SocketAddr,
+        config: Arc<rustls::ClientConfig>,
+        http2: bool,
+        body: &Bytes,
+    ) -> Result<Sender, String> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| format!("connect: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| format!("nodelay: {e}"))?;
+        let tls = TlsConnector::from(config)
+            .connect(ServerName::try_from("localhost").expect("a valid name"), tcp)
+            .await
+            .map_err(|e| format!("TLS: {e}"))?;
         if http2 {
-            let (send, conn) =
-                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                .await
+                .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
             tokio::spawn(conn);
-            return Sender::H2 { send, body: body.clone() };
+            return Ok(Sender::H2 { send, body: body.clone() });
         }
         let mut request = format!(
             "POST /validate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
@@ -154,24 +162,32 @@ impl Sender {
         )
         .into_bytes();
         request.extend_from_slice(body);
-        Sender::H1 { tls: Box::new(tls), request: request.into(), buf: Vec::with_capacity(16 * 1024) }
+        Ok(Sender::H1 { tls: Box::new(tls), request: request.into(), buf: Vec::with_capacity(16 * 1024) })
     }
 
-    async fn review(&mut self) {
+    /// Sends one review and reads its answer: `Err` says what was wrong with it (an I/O error,
+    /// a status other than 200, a body that is not an AdmissionReview, a closed connection).
+    async fn review(&mut self) -> Result<(), String> {
         match self {
             Sender::H1 { tls, request, buf } => {
-                tls.write_all(request).await.unwrap();
-                tls.flush().await.unwrap();
+                tls.write_all(request).await.map_err(|e| format!("write: {e}"))?;
+                tls.flush().await.map_err(|e| format!("flush: {e}"))?;
                 buf.clear();
                 loop {
-                    if let Some(end) = response_end(buf) {
-                        assert!(buf.starts_with(b"HTTP/1.1 200 "), "{}", String::from_utf8_lossy(buf));
-                        assert_eq!(end, buf.len(), "one response per request");
-                        return;
+                    if let Some(end) = response_end(buf)? {
+                        if !buf.starts_with(b"HTTP/1.1 200 ") {
+                            return Err(String::from_utf8_lossy(buf).into_owned());
+                        }
+                        if end != buf.len() {
+                            return Err("more than one response to one request".to_owned());
+                        }
+                        return Ok(());
                     }
                     let mut chunk = [0u8; 16 * 1024];
-                    let n = tls.read(&mut chunk).await.unwrap();
-                    assert!(n > 0, "the server closed the connection");
+                    let n = tls.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
+                    if n == 0 {
+                        return Err("the server closed the connection".to_owned());
+                    }
                     buf.extend_from_slice(&chunk[..n]);
                 }
             }
@@ -180,25 +196,34 @@ impl Sender {
                     .header("content-type", "application/json")
                     .body(Full::new(body.clone()))
                     .unwrap();
-                let response = send.send_request(request).await.unwrap();
-                assert_eq!(response.status(), StatusCode::OK);
-                let body = response.into_body().collect().await.unwrap().to_bytes();
-                assert!(body.starts_with(br#"{"apiVersion":"admission.k8s.io/v1""#));
+                let response = send.send_request(request).await.map_err(|e| format!("send: {e}"))?;
+                if response.status() != StatusCode::OK {
+                    return Err(format!("status {}", response.status()));
+                }
+                let body = response.into_body().collect().await.map_err(|e| format!("body: {e}"))?.to_bytes();
+                if !body.starts_with(br#"{"apiVersion":"admission.k8s.io/v1""#) {
+                    return Err(String::from_utf8_lossy(&body).into_owned());
+                }
+                Ok(())
             }
         }
     }
 }
 
 /// Where the HTTP/1.1 response in `buf` ends, once its head and `content-length` body are in.
-fn response_end(buf: &[u8]) -> Option<usize> {
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&buf[..head_end]).expect("an ASCII response head");
+fn response_end(buf: &[u8]) -> Result<Option<usize>, String> {
+    let Some(head_end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else { return Ok(None) };
+    let head_end = head_end + 4;
+    let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| "a response head that is not ASCII".to_owned())?;
     let length: usize = head
         .lines()
         .find_map(|l| l.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case("content-length")))
-        .map(|(_, v)| v.trim().parse().expect("a numeric content-length"))
-        .expect("responses carry a content-length");
-    (buf.len() >= head_end + length).then_some(head_end + length)
+        .ok_or_else(|| format!("a response without content-length: {head}"))?
+        .1
+        .trim()
+        .parse()
+        .map_err(|_| format!("a content-length that is not a number: {head}"))?;
+    Ok((buf.len() >= head_end + length).then_some(head_end + length))
 }
 
 /// Latencies in microseconds.
@@ -241,7 +266,7 @@ async fn saturate(senders: Vec<Sender>, duration: Duration) -> (usize, Latencies
                 let mut latencies = Vec::with_capacity(1 << 16);
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    sender.review().await;
+                    sender.review().await.unwrap_or_else(|e| panic!("a failed review: {e}"));
                     latencies.push(micros(t.elapsed()));
                 }
                 latencies
@@ -258,17 +283,74 @@ async fn saturate(senders: Vec<Sender>, duration: Duration) -> (usize, Latencies
     (all.len(), Latencies(all), elapsed)
 }
 
-async fn fixed_rate(senders: Vec<Sender>, rate: f64, duration: Duration) -> (usize, Latencies) {
-    let connections = senders.len();
+/// Where and how the load generator connects.
+#[derive(Clone)]
+struct Connector {
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    http2: bool,
+    body: Bytes,
+}
+
+impl Connector {
+    async fn connect(&self) -> Result<Sender, String> {
+        Sender::try_connect(self.addr, self.config.clone(), self.http2, &self.body).await
+    }
+}
+
+/// Reviews answered and failed so far, read by samplers while the load runs.
+#[derive(Default)]
+struct Progress {
+    done: AtomicU64,
+    failed: AtomicU64,
+    first_error: std::sync::Mutex<Option<String>>,
+}
+
+impl Progress {
+    fn fail(&self, error: String) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let mut first = self.first_error.lock().expect("no panic while holding it");
+        first.get_or_insert(error);
+    }
+
+    fn failed(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
+
+    fn report(&self) -> String {
+        let first = self.first_error.lock().expect("no panic while holding it");
+        match &*first {
+            None => format!("{} failed", self.failed()),
+            Some(e) => format!("{} failed (first: {e})", self.failed()),
+        }
+    }
+}
+
+/// `rate` reviews/s over `connections` kept-alive connections for `duration`, open loop. A
+/// failed review (error, timeout of 10 s, non-200) is counted in `progress` and its connection
+/// replaced; the run goes on.
+async fn fixed_rate(
+    connector: &Connector,
+    connections: usize,
+    rate: f64,
+    duration: Duration,
+    progress: Arc<Progress>,
+) -> Latencies {
+    let mut senders = Vec::new();
+    for _ in 0..connections {
+        senders.push(connector.connect().await.unwrap_or_else(|e| panic!("cannot connect: {e}")));
+    }
     let interval = Duration::from_secs_f64(connections as f64 / rate);
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let tasks: Vec<_> = senders
         .into_iter()
         .enumerate()
-        .map(|(i, mut sender)| {
+        .map(|(i, sender)| {
             // Stagger the connections evenly across one interval.
             let first = start + interval.mul_f64(i as f64 / connections as f64);
+            let (connector, progress) = (connector.clone(), progress.clone());
             tokio::spawn(async move {
+                let mut sender = Some(sender);
                 let mut latencies = Vec::new();
                 let mut scheduled = first;
                 let mut previous_done = first;
@@ -278,9 +360,24 @@ async fn fixed_rate(senders: Vec<Sender>, rate: f64, duration: Duration) -> (usi
                     // counts. Late because the timer (1 ms granularity) woke us late: it is the
                     // load generator's and does not.
                     let base = if previous_done > scheduled { scheduled } else { tokio::time::Instant::now() };
-                    sender.review().await;
+                    let result = match sender.as_mut() {
+                        Some(s) => match tokio::time::timeout(Duration::from_secs(10), s.review()).await {
+                            Ok(result) => result,
+                            Err(_) => Err("no answer within 10 s".to_owned()),
+                        },
+                        None => Err("no connection".to_owned()),
+                    };
                     previous_done = tokio::time::Instant::now();
                     latencies.push(micros(previous_done - base));
+                    match result {
+                        Ok(()) => {
+                            progress.done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            progress.fail(e);
+                            sender = connector.connect().await.map_err(|e| progress.fail(e)).ok();
+                        }
+                    }
                     scheduled += interval;
                 }
                 latencies
@@ -291,10 +388,54 @@ async fn fixed_rate(senders: Vec<Sender>, rate: f64, duration: Duration) -> (usi
     for task in tasks {
         all.extend(task.await.unwrap());
     }
-    (all.len(), Latencies(all))
+    Latencies(all)
+}
+
+/// Resident memory of process `pid` ("self" for this one), in KiB.
+fn rss_kib(pid: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| s.lines().find_map(|l| l.strip_prefix("VmRSS:")).map(str::to_owned))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .unwrap_or(0)
+}
+
+/// Open file descriptors of process `pid`.
+fn open_fds(pid: &str) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
+}
+
+/// Least-squares slope of `(x, y)` points, in y units per x unit.
+fn slope(points: &[(f64, f64)]) -> f64 {
+    let n = points.len() as f64;
+    if points.len() < 2 {
+        return 0.0;
+    }
+    let (mx, my) = (points.iter().map(|p| p.0).sum::<f64>() / n, points.iter().map(|p| p.1).sum::<f64>() / n);
+    let num: f64 = points.iter().map(|(x, y)| (x - mx) * (y - my)).sum();
+    let den: f64 = points.iter().map(|(x, _)| (x - mx).powi(2)).sum();
+    if den == 0.0 { 0.0 } else { num / den }
+}
+
+fn client_config(ca_pem: &[u8], http2: bool) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem).unwrap()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
+    Arc::new(config)
 }
 
 fn main() {
+    match std::env::var("TRUSTGATE_BENCH_MODE").as_deref() {
+        Ok("soak") => return soak::run(),
+        Ok("churn") => return churn::run(),
+        Ok("standard") | Err(_) => {}
+        Ok(other) => panic!("TRUSTGATE_BENCH_MODE is standard, soak or churn, not {other:?}"),
+    }
     let secs: u64 = setting("TRUSTGATE_BENCH_SECS", 10);
     let connections: usize = setting("TRUSTGATE_BENCH_CONNECTIONS", 64);
     let rate: f64 = setting("TRUSTGATE_BENCH_RATE", 2000.0);
@@ -333,17 +474,7 @@ fn main() {
         println!("review: {} ({} bytes); policies: {policy_count}", fixture, body.len());
         println!("idle:        RSS {:.1} MiB", idle_rss as f64 / 1024.0);
 
-        let pem = std::fs::read(dir.path().join("ca.pem")).unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_slice(&pem).unwrap()).unwrap();
-        let mut config =
-            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-        config.alpn_protocols = vec![if http2 { b"h2".to_vec() } else { b"http/1.1".to_vec() }];
-        let config = Arc::new(config);
+        let config = client_config(&std::fs::read(dir.path().join("ca.pem")).unwrap(), http2);
 
         // Warm-up, also checks the answers.
         let mut senders = Vec::new();
@@ -356,7 +487,7 @@ fn main() {
         for _ in 0..connections {
             senders.push(Sender::connect(server.addr, config.clone(), http2, &body).await);
         }
-        let peak = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let peak = Arc::new(AtomicU64::new(0));
         let sampling = Arc::new(AtomicBool::new(true));
         let sampler = {
             let (peak, sampling, pid) = (peak.clone(), sampling.clone(), server.child.id());
@@ -390,16 +521,341 @@ fn main() {
         );
 
         let fixed_connections = connections.min(16);
-        let mut senders = Vec::new();
-        for _ in 0..fixed_connections {
-            senders.push(Sender::connect(server.addr, config.clone(), http2, &body).await);
-        }
-        let (count, latencies) = fixed_rate(senders, rate, Duration::from_secs(secs)).await;
+        let connector = Connector { addr: server.addr, config: config.clone(), http2, body: body.clone() };
+        let progress = Arc::new(Progress::default());
+        let latencies =
+            fixed_rate(&connector, fixed_connections, rate, Duration::from_secs(secs), progress.clone()).await;
         println!(
-            "fixed rate:  {rate:.0} reviews/s over {fixed_connections} connections, {count} reviews; {}",
+            "fixed rate:  {rate:.0} reviews/s over {fixed_connections} connections, {} reviews, {}; {}",
+            latencies.0.len(),
+            progress.report(),
             latencies.summary()
         );
+        assert_eq!(progress.failed(), 0, "no review fails at a fixed rate");
         tokio::time::sleep(Duration::from_secs(1)).await;
         println!("after load:  RSS {:.1} MiB", server.rss_kib() as f64 / 1024.0);
     });
+}
+
+/// Where benchmark output files go: the cargo target directory.
+fn target_dir() -> std::path::PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target"))
+}
+
+fn fixture_body() -> (String, Bytes) {
+    let fixture: String = setting(
+        "TRUSTGATE_BENCH_FIXTURE",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/deployment-create-denied.json").to_owned(),
+    );
+    let body = Bytes::from(std::fs::read(&fixture).expect("the review fixture"));
+    (fixture, body)
+}
+
+fn client_runtime() -> tokio::runtime::Runtime {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let threads: usize = setting("TRUSTGATE_BENCH_CLIENT_THREADS", cpus);
+    tokio::runtime::Builder::new_multi_thread().worker_threads(threads).enable_all().build().unwrap()
+}
+
+/// `TRUSTGATE_BENCH_MODE=soak` (`just soak`): the release binary at a fixed rate for a long
+/// time (TRUSTGATE_BENCH_SECS, default 1,800), its RSS and open file descriptors sampled every
+/// TRUSTGATE_SOAK_SAMPLE_SECS (10) into a CSV under target/ (TRUSTGATE_SOAK_CSV overrides).
+mod soak {
+    use super::*;
+    use std::io::Write as _;
+
+    struct Sample {
+        secs: f64,
+        rss_kib: u64,
+        fds: u64,
+    }
+
+    pub fn run() {
+        let secs: u64 = setting("TRUSTGATE_BENCH_SECS", 1800);
+        let rate: f64 = setting("TRUSTGATE_BENCH_RATE", 2000.0);
+        let connections: usize = setting("TRUSTGATE_BENCH_CONNECTIONS", 16);
+        let policy_count: usize = setting("TRUSTGATE_BENCH_POLICIES", 1000);
+        let sample_secs: u64 = setting("TRUSTGATE_SOAK_SAMPLE_SECS", 10).max(1);
+        let http2 = setting("TRUSTGATE_BENCH_HTTP", 1u8) == 2;
+        let server_threads: Option<usize> =
+            std::env::var("TRUSTGATE_BENCH_SERVER_THREADS").ok().and_then(|v| v.parse().ok());
+        let unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let csv_path: String =
+            setting("TRUSTGATE_SOAK_CSV", target_dir().join(format!("soak-{unix}.csv")).display().to_string());
+        let (fixture, body) = fixture_body();
+
+        let dir = tempfile::tempdir().unwrap();
+        let policy_file = dir.path().join("policies.yaml");
+        std::fs::write(&policy_file, policies(policy_count)).unwrap();
+        let server = start_server(dir.path(), &policy_file, server_threads);
+        let pid = server.child.id().to_string();
+        let runtime = client_runtime();
+        runtime.block_on(async {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while !ready(server.admin).await {
+                assert!(Instant::now() < deadline, "the server never became ready");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        println!(
+            "soak: {secs} s at {rate:.0} reviews/s over {connections} connections, HTTP/{}; review {fixture} ({} bytes); policies {policy_count}; server pid {pid}",
+            if http2 { 2 } else { 1 },
+            body.len()
+        );
+        println!("samples every {sample_secs} s to {csv_path}");
+
+        let progress = Arc::new(Progress::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let sampler = {
+            let (progress, stop, pid) = (progress.clone(), stop.clone(), pid.clone());
+            let mut csv = std::io::BufWriter::new(std::fs::File::create(&csv_path).expect("the CSV file"));
+            std::thread::spawn(move || {
+                writeln!(csv, "elapsed_s,rss_kib,fds,reviews,failed").unwrap();
+                let started = Instant::now();
+                let mut samples = Vec::new();
+                let mut next = started;
+                loop {
+                    let sample =
+                        Sample { secs: started.elapsed().as_secs_f64(), rss_kib: rss_kib(&pid), fds: open_fds(&pid) };
+                    let (done, failed) = (progress.done.load(Ordering::Relaxed), progress.failed());
+                    writeln!(csv, "{:.1},{},{},{done},{failed}", sample.secs, sample.rss_kib, sample.fds).unwrap();
+                    csv.flush().unwrap();
+                    println!(
+                        "  {:>6.0} s  RSS {:>6} KiB  fds {:>3}  reviews {done:>9}  failed {failed}",
+                        sample.secs, sample.rss_kib, sample.fds
+                    );
+                    samples.push(sample);
+                    next += Duration::from_secs(sample_secs);
+                    while Instant::now() < next {
+                        if stop.load(Ordering::Relaxed) {
+                            return samples;
+                        }
+                        std::thread::sleep(Duration::from_millis(100).min(next - Instant::now()));
+                    }
+                }
+            })
+        };
+        let connector = Connector {
+            addr: server.addr,
+            config: client_config(&std::fs::read(dir.path().join("ca.pem")).unwrap(), http2),
+            http2,
+            body,
+        };
+        let latencies =
+            runtime.block_on(fixed_rate(&connector, connections, rate, Duration::from_secs(secs), progress.clone()));
+        stop.store(true, Ordering::Relaxed);
+        let samples = sampler.join().unwrap();
+
+        let reviews = latencies.0.len();
+        println!("\nsoak summary ({secs} s):");
+        println!("  reviews {reviews}, {}", progress.report());
+        println!("  latency {}", latencies.summary());
+        let rss: Vec<u64> = samples.iter().map(|s| s.rss_kib).collect();
+        let fds: Vec<u64> = samples.iter().map(|s| s.fds).collect();
+        // The first minute holds start-up growth (allocator arenas, connection buffers).
+        let settled: Vec<(f64, f64)> = samples
+            .iter()
+            .filter(|s| s.secs >= 60.0 || secs < 120)
+            .map(|s| (s.secs / 3600.0, s.rss_kib as f64))
+            .collect();
+        println!(
+            "  RSS KiB: first {}, min {}, max {}, last {}; slope after the first minute {:+.0} KiB/h over {} samples",
+            rss.first().copied().unwrap_or(0),
+            rss.iter().min().copied().unwrap_or(0),
+            rss.iter().max().copied().unwrap_or(0),
+            rss.last().copied().unwrap_or(0),
+            slope(&settled),
+            settled.len()
+        );
+        println!(
+            "  open fds: min {}, max {}",
+            fds.iter().min().copied().unwrap_or(0),
+            fds.iter().max().copied().unwrap_or(0)
+        );
+        println!("  samples: {csv_path}");
+        assert_eq!(progress.failed(), 0, "no review fails during the soak");
+    }
+}
+
+/// `TRUSTGATE_BENCH_MODE=churn` (`just bench-churn`): policy updates published through the
+/// watcher's own path (cluster::index, then Store::publish) at TRUSTGATE_CHURN_RATE per second
+/// (50) while the server, in this process, answers TRUSTGATE_BENCH_RATE reviews/s (2,000) for
+/// TRUSTGATE_BENCH_SECS (60).
+mod churn {
+    use super::*;
+    use kube::runtime::watcher::Event;
+    use trustgate::admission::metrics::{self, AdmissionMetrics};
+    use trustgate::admission::server::{self, Admission, Limits};
+    use trustgate::admission::tls::{Credentials, SelfSigned};
+    use trustgate::cluster::index::{Index, PolicyObject};
+    use trustgate::engine::snapshot::Store;
+
+    /// Policy `i` of the multi-team set of [`policies`], at revision `revision`: each revision
+    /// trusts another team registry and says so in its message, so each is a real change.
+    fn policy(i: usize, revision: u64) -> PolicyObject {
+        let mode = if i < 3 { ["Enforce", "Warn", "Audit"][i] } else { "Enforce" };
+        let mut spec = serde_json::json!({
+            "mode": mode,
+            "trustedRegistries": [
+                "registry.my.com",
+                "ghcr.io/my-org",
+                format!("team-{i}.registry.example:5000/apps-r{revision}"),
+                "*.dkr.ecr.eu-west-1.amazonaws.com"
+            ],
+            "tags": {"deny": ["latest"]},
+            "excludedNamespaces": ["kube-system"],
+            "exceptions": [{
+                "images": ["docker.io/library/busybox"],
+                "namespaces": ["debug"],
+                "expires": "2030-01-01T00:00:00Z",
+                "reason": "bench"
+            }],
+            "message": format!("Team {i}: use registry.my.com (revision {revision})")
+        });
+        if i >= 3 {
+            spec["namespaceSelector"] =
+                serde_json::json!({"matchLabels": {"kubernetes.io/metadata.name": format!("team-{i}")}});
+        }
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "trustgate.dev/v1alpha1",
+            "kind": "TrustedRegistryPolicy",
+            "metadata": {"name": format!("policy-{i:04}"), "generation": revision + 1, "resourceVersion": revision.to_string()},
+            "spec": spec
+        }))
+        .expect("a policy object")
+    }
+
+    fn namespace(name: &str) -> kube::core::PartialObjectMeta<k8s_openapi::api::core::v1::Namespace> {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "meta.k8s.io/v1",
+            "kind": "PartialObjectMetadata",
+            "metadata": {"name": name, "labels": {"kubernetes.io/metadata.name": name}}
+        }))
+        .expect("namespace metadata")
+    }
+
+    pub fn run() {
+        let secs: u64 = setting("TRUSTGATE_BENCH_SECS", 60);
+        let rate: f64 = setting("TRUSTGATE_BENCH_RATE", 2000.0);
+        let churn_rate: f64 = setting("TRUSTGATE_CHURN_RATE", 50.0);
+        let connections: usize = setting("TRUSTGATE_BENCH_CONNECTIONS", 16);
+        let policy_count: usize = setting("TRUSTGATE_BENCH_POLICIES", 1000).max(1);
+        let http2 = setting("TRUSTGATE_BENCH_HTTP", 1u8) == 2;
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let server_threads: usize = setting("TRUSTGATE_BENCH_SERVER_THREADS", cpus);
+        let (fixture, body) = fixture_body();
+
+        // The initial state as a watcher's first list delivers it.
+        let mut index = Index::new();
+        index.apply_policy(Event::Init);
+        for i in 0..policy_count {
+            index.apply_policy(Event::InitApply(policy(i, 0)));
+        }
+        index.apply_policy(Event::InitDone);
+        index.apply_namespace(Event::Init);
+        for name in ["default", "kube-system", "team-3", "team-4"] {
+            index.apply_namespace(Event::InitApply(namespace(name)));
+        }
+        index.apply_namespace(Event::InitDone);
+        let store = Store::new();
+        store.publish(index.snapshot().expect("the index is synced"));
+
+        let server_runtime =
+            tokio::runtime::Builder::new_multi_thread().worker_threads(server_threads).enable_all().build().unwrap();
+        let generated = SelfSigned::generate(&["localhost".to_owned()]).unwrap();
+        let config = client_config(generated.ca_pem.as_bytes(), http2);
+        let tls = Arc::new(Credentials::new(generated.key).server_config().unwrap());
+        let mut registry = metrics::registry();
+        let limits = Limits::default();
+        let admission = Admission::new(store.clone(), AdmissionMetrics::register(&mut registry), &limits);
+        let listener = server_runtime.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let served = server_runtime.spawn(server::serve(listener, tls, admission, limits, shutdown.clone()));
+
+        println!(
+            "churn: {churn_rate:.0} policy updates/s for {secs} s while serving {rate:.0} reviews/s over {connections} connections, HTTP/{}; in-process server, {server_threads} threads, no log subscriber; review {fixture}; policies {policy_count}",
+            if http2 { 2 } else { 1 }
+        );
+        let runtime = client_runtime();
+        let connector = Connector { addr, config, http2, body };
+        // Warm-up: connections, allocator, caches.
+        runtime.block_on(fixed_rate(
+            &connector,
+            connections,
+            rate,
+            Duration::from_secs(2),
+            Arc::new(Progress::default()),
+        ));
+
+        let started = Instant::now();
+        let duration = Duration::from_secs(secs);
+        let stop = Arc::new(AtomicBool::new(false));
+        let rss = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut samples = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    samples.push((started.elapsed().as_secs_f64(), rss_kib("self")));
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+                samples.push((started.elapsed().as_secs_f64(), rss_kib("self")));
+                samples
+            })
+        };
+        let churner = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let interval = Duration::from_secs_f64(1.0 / churn_rate);
+                let (mut published, mut costs) = (0u64, Vec::new());
+                let mut revision = 0;
+                while started.elapsed() < duration {
+                    revision += 1;
+                    let t = Instant::now();
+                    let i = (revision as usize) % policy_count;
+                    let change = index.apply_policy(Event::Apply(policy(i, revision)));
+                    if change.snapshot {
+                        store.publish(index.snapshot().expect("the index is synced"));
+                        published += 1;
+                    }
+                    costs.push(micros(t.elapsed()));
+                    if let Some(wait) =
+                        (started + interval.mul_f64(revision as f64)).checked_duration_since(Instant::now())
+                    {
+                        std::thread::sleep(wait);
+                    }
+                }
+                (revision, published, Latencies(costs))
+            })
+        };
+        let progress = Arc::new(Progress::default());
+        let latencies = runtime.block_on(fixed_rate(&connector, connections, rate, duration, progress.clone()));
+        let elapsed = started.elapsed();
+        let (updates, published, costs) = churner.join().unwrap();
+        stop.store(true, Ordering::Relaxed);
+        let rss = rss.join().unwrap();
+        shutdown.cancel();
+        server_runtime.block_on(served).unwrap();
+
+        println!("reviews:   {}, {}; {}", latencies.0.len(), progress.report(), latencies.summary());
+        println!(
+            "updates:   {updates} applied, {published} snapshots published ({:.1}/s); cost of one (compile, assemble, publish): {}",
+            published as f64 / elapsed.as_secs_f64(),
+            costs.summary()
+        );
+        let at = |fraction: f64| rss[((rss.len() - 1) as f64 * fraction) as usize].1;
+        let settled: Vec<(f64, f64)> = rss.iter().map(|&(t, kib)| (t / 60.0, kib as f64)).collect();
+        println!(
+            "RSS (this process: server and load generator): start {} KiB, middle {} KiB, end {} KiB, min {}, max {}; slope {:+.0} KiB/min",
+            at(0.0),
+            at(0.5),
+            at(1.0),
+            rss.iter().map(|r| r.1).min().unwrap_or(0),
+            rss.iter().map(|r| r.1).max().unwrap_or(0),
+            slope(&settled)
+        );
+        assert_eq!(progress.failed(), 0, "no review fails while policies churn");
+    }
 }

@@ -255,7 +255,7 @@ impl Reloader {
 }
 
 /// A certificate generated at start-up for local use, and the CA that signed it.
-pub(crate) struct SelfSigned {
+pub struct SelfSigned {
     pub key: CertifiedKey,
     /// PEM of the CA certificate: the bundle clients trust (`curl --cacert`, `caBundle`).
     pub ca_pem: String,

@@ -218,7 +218,7 @@ impl Index {
     }
 
     /// Applies one Namespace metadata watch event; only label changes matter.
-    pub(crate) fn apply_namespace(&mut self, event: Event<PartialObjectMeta<Namespace>>) -> Change {
+    pub fn apply_namespace(&mut self, event: Event<PartialObjectMeta<Namespace>>) -> Change {
         let changed = match event {
             Event::Init => {
                 self.namespaces_relist = Some(NamespaceLabels::new());
