@@ -406,7 +406,9 @@ fn deployment(name: &str, image: &str) -> Value {
 
 impl Harness {
     /// Merge-patches a Deployment with a raw request, to read the `Warning` headers kube's
-    /// typed calls drop: (HTTP status, warnings, the Status message of a failure).
+    /// typed calls drop: (HTTP status, warnings, the Status message of a failure). Only this
+    /// test's own warnings are kept (its policies are named after its namespace, and their
+    /// message): other policies in a live cluster may warn about the same object too.
     async fn patch_deployment(&self, name: &str, patch: &Value) -> (u16, Vec<String>, String) {
         let url = format!("/apis/apps/v1/namespaces/{}/deployments", self.namespace);
         let request = kube::core::Request::new(url)
@@ -421,6 +423,7 @@ impl Harness {
             .iter()
             .filter_map(|v| v.to_str().ok())
             .map(warning_text)
+            .filter(|w: &String| w.contains(&format!("policy \"{}-", self.namespace)) || w == POLICY_MESSAGE)
             .collect();
         let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("a body").to_bytes();
         let message = serde_json::from_slice::<Value>(&body)
