@@ -125,17 +125,27 @@ impl Kit {
 
     /// `up`: starts what is missing (the kit then restarts the whole cluster, data kept) or
     /// reuses the healthy cluster.
+    /// A component the kit just stopped may still hold its port for a moment, and `up` then
+    /// refuses to start it ("already in use"): try again a few times, as an operator would.
     fn up(&self) -> Duration {
         let start = Instant::now();
-        let output = Command::new(self.dir.join("up"))
-            .env("TRUSTGATE_K8S_STATE", &self.root)
-            .envs(self.ports.iter().map(|(k, v)| (*k, v.as_str())))
-            .env_remove("FRESH")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the kit's up");
-        assert!(output.status.success(), "`up` failed:\n{}", String::from_utf8_lossy(&output.stderr));
-        start.elapsed()
+        for attempt in 1..=5 {
+            let output = Command::new(self.dir.join("up"))
+                .env("TRUSTGATE_K8S_STATE", &self.root)
+                .envs(self.ports.iter().map(|(k, v)| (*k, v.as_str())))
+                .env_remove("FRESH")
+                .stdin(Stdio::null())
+                .output()
+                .expect("run the kit's up");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            if output.status.success() {
+                return start.elapsed();
+            }
+            assert!(attempt < 5 && stderr.contains("already in use"), "`up` failed:\n{stderr}");
+            eprintln!("disruption: `up` found a port still in use (attempt {attempt}); trying again in 2s");
+            std::thread::sleep(Duration::from_secs(2));
+        }
+        unreachable!("the last attempt returns or fails above")
     }
 
     /// The pid of a running component, checked as the kit checks it: `/proc/PID/exe` is the
