@@ -1,6 +1,7 @@
 //! What users write and read back: the TrustedRegistryPolicy CRD types, their status, the
 //! generated CRD, and the reading of manifests (YAML/JSON documents). Imports no runtime.
 
+pub mod block_yaml;
 pub mod crd;
 pub mod manifest;
 mod policy;

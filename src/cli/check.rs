@@ -162,13 +162,20 @@ impl ObjectReader for CheckReader {
         // refuses plain scalars that the general reader would type as numbers or booleans
         // (`image: 1.25`), so that such a document takes the general way and gets its error;
         // Namespaces (labels) and Lists (items) always take the general way too.
-        let mut options = serde_saphyr::Options::default();
-        options.no_schema = true;
-        options.with_snippet = false;
-        let workload = serde_saphyr::with_deserializer_from_str_with_options(document.text, options, |de| {
-            Workload::read(None, de).map(Workload::into_owned)
-        })
-        .ok()?;
+        // First the block-YAML reader (most of what kubectl and Helm write, many times faster),
+        // then serde-saphyr without a tree.
+        let workload = match crate::api::block_yaml::read_workload(document.text) {
+            Some(workload) => workload.into_owned(),
+            None => {
+                let mut options = serde_saphyr::Options::default();
+                options.no_schema = true;
+                options.with_snippet = false;
+                serde_saphyr::with_deserializer_from_str_with_options(document.text, options, |de| {
+                    Workload::read(None, de).map(Workload::into_owned)
+                })
+                .ok()?
+            }
+        };
         // An empty or comment-only document reads as an object with no fields here, but is no
         // object at all for the general reader: without a kind, take the general way.
         if workload.kind.is_empty() || workload.kind == "Namespace" || workload.kind.ends_with("List") {

@@ -114,7 +114,12 @@ impl<'a> Workload<'a> {
     /// Reads a workload from any serde source (JSON text, a `serde_json::Value`, ...).
     /// `kind` overrides the object's own `kind` field (admission requests carry it apart).
     pub fn read<D: Deserializer<'a>>(kind: Option<&str>, source: D) -> Result<Self, D::Error> {
-        let object = RawObject::deserialize(source)?;
+        RawObject::deserialize(source).map(|object| Self::from_raw(kind, object))
+    }
+
+    /// Builds the workload from the fields of its object, as any reader found them (serde
+    /// above, the block-YAML reader of `check`).
+    pub(crate) fn from_raw(kind: Option<&str>, object: RawObject<'a>) -> Self {
         let kind: Cow<'a, str> = match (kind, object.kind) {
             (Some(k), _) => Cow::Owned(k.to_owned()),
             (None, Some(k)) => k.0,
@@ -140,14 +145,14 @@ impl<'a> Workload<'a> {
             }
         }
         let meta = object.metadata.unwrap_or_default();
-        Ok(Workload {
+        Workload {
             kind,
             name: meta.name.map(|t| t.0).unwrap_or_default(),
             generate_name: meta.generate_name.map(|t| t.0).unwrap_or_default(),
             namespace: meta.namespace.map(|t| t.0),
             deleting: meta.deletion_timestamp.is_some(),
             containers,
-        })
+        }
     }
 
     /// Detaches the workload from the object it was read from.
@@ -173,63 +178,64 @@ impl<'a> Workload<'a> {
     }
 }
 
-#[derive(Deserialize)]
-struct RawObject<'a> {
+/// The fields of an object that a workload is made of; every field is optional, as in serde.
+#[derive(Deserialize, Default)]
+pub(crate) struct RawObject<'a> {
     #[serde(borrow, default)]
-    kind: Option<Text<'a>>,
+    pub(crate) kind: Option<Text<'a>>,
     #[serde(borrow, default)]
-    metadata: Option<RawMeta<'a>>,
+    pub(crate) metadata: Option<RawMeta<'a>>,
     #[serde(borrow, default)]
-    spec: Option<RawSpec<'a>>,
+    pub(crate) spec: Option<RawSpec<'a>>,
     #[serde(borrow, default)]
-    template: Option<RawTemplate<'a>>,
+    pub(crate) template: Option<RawTemplate<'a>>,
 }
 
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct RawMeta<'a> {
+pub(crate) struct RawMeta<'a> {
     #[serde(borrow, default)]
-    name: Option<Text<'a>>,
+    pub(crate) name: Option<Text<'a>>,
     #[serde(borrow, default)]
-    generate_name: Option<Text<'a>>,
+    pub(crate) generate_name: Option<Text<'a>>,
     #[serde(default)]
-    deletion_timestamp: Option<serde::de::IgnoredAny>,
+    pub(crate) deletion_timestamp: Option<serde::de::IgnoredAny>,
     #[serde(borrow, default)]
-    namespace: Option<Text<'a>>,
+    pub(crate) namespace: Option<Text<'a>>,
 }
 
 /// A `spec`: a pod spec (Pod, and inside templates) or a holder of templates (everything else).
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct RawSpec<'a> {
+pub(crate) struct RawSpec<'a> {
     #[serde(borrow, default)]
-    containers: Option<Vec<RawContainer<'a>>>,
+    pub(crate) containers: Option<Vec<RawContainer<'a>>>,
     #[serde(borrow, default)]
-    init_containers: Option<Vec<RawContainer<'a>>>,
+    pub(crate) init_containers: Option<Vec<RawContainer<'a>>>,
     #[serde(borrow, default)]
-    ephemeral_containers: Option<Vec<RawContainer<'a>>>,
+    pub(crate) ephemeral_containers: Option<Vec<RawContainer<'a>>>,
     #[serde(borrow, default)]
-    template: Option<Box<RawTemplate<'a>>>,
+    pub(crate) template: Option<Box<RawTemplate<'a>>>,
     #[serde(borrow, default)]
-    job_template: Option<Box<RawJobTemplate<'a>>>,
+    pub(crate) job_template: Option<Box<RawJobTemplate<'a>>>,
 }
 
-#[derive(Deserialize)]
-struct RawTemplate<'a> {
+#[derive(Deserialize, Default)]
+pub(crate) struct RawTemplate<'a> {
     #[serde(borrow, default)]
-    spec: Option<RawSpec<'a>>,
+    pub(crate) spec: Option<RawSpec<'a>>,
 }
 
-#[derive(Deserialize)]
-struct RawJobTemplate<'a> {
+#[derive(Deserialize, Default)]
+pub(crate) struct RawJobTemplate<'a> {
     #[serde(borrow, default)]
-    spec: Option<RawJobSpec<'a>>,
+    pub(crate) spec: Option<RawJobSpec<'a>>,
 }
 
-#[derive(Deserialize)]
-struct RawJobSpec<'a> {
+#[derive(Deserialize, Default)]
+pub(crate) struct RawJobSpec<'a> {
     #[serde(borrow, default)]
-    template: Option<RawTemplate<'a>>,
+    pub(crate) template: Option<RawTemplate<'a>>,
 }
 
 impl<'a> RawSpec<'a> {
@@ -257,21 +263,21 @@ impl<'a> RawSpec<'a> {
     }
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
-struct RawContainer<'a> {
+pub(crate) struct RawContainer<'a> {
     #[serde(borrow, default)]
-    name: Option<Text<'a>>,
+    pub(crate) name: Option<Text<'a>>,
     #[serde(borrow, default)]
-    image: Option<Text<'a>>,
+    pub(crate) image: Option<Text<'a>>,
     #[serde(borrow, default)]
-    image_pull_policy: Option<Text<'a>>,
+    pub(crate) image_pull_policy: Option<Text<'a>>,
 }
 
 /// A string that borrows from the input when it can. (`Option<Cow<str>>` always copies in
 /// serde; this visitor takes the borrowed form whenever the deserializer offers it.)
 #[derive(Clone)]
-struct Text<'a>(Cow<'a, str>);
+pub(crate) struct Text<'a>(pub(crate) Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
