@@ -88,6 +88,11 @@ bench-churn secs="60" rate="2000" churn="50":
 soak secs="1800" rate="2000" sample="10":
     TRUSTGATE_BENCH_MODE=soak TRUSTGATE_BENCH_SECS={{secs}} TRUSTGATE_BENCH_RATE={{rate}} TRUSTGATE_SOAK_SAMPLE_SECS={{sample}} cargo bench --locked --bench server_load
 
+# Fuzz the readers of untrusted input with cargo fuzz: every target for 20 s, or one target for
+# SECONDS (`just fuzz manifest 600`); targets: reference, review, manifest (see fuzz/src/lib.rs)
+fuzz target="" seconds="600":
+    if [[ -z "{{target}}" ]]; then bash .ci/fuzz.sh; else bash .ci/fuzz.sh {{target}} {{seconds}}; fi
+
 # Everything CI runs
 ci:
     bash .ci/run

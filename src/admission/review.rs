@@ -33,7 +33,7 @@ pub(crate) const WARNINGS_ANNOTATION: &str = "trustgate-warnings";
 
 /// Why a request body is not a review trustgate can answer (HTTP 400).
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ReviewError {
+pub enum ReviewError {
     #[error("body is not a valid {expected}: {error}")]
     Json { expected: &'static str, error: serde_json::Error },
     #[error(
@@ -54,7 +54,7 @@ pub(crate) enum ReviewError {
 
 /// The operation of an admission request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Operation {
+pub enum Operation {
     Create,
     Update,
     Delete,
@@ -170,7 +170,7 @@ struct RawGroupVersionKind<'a> {
 
 /// An AdmissionReview's request, borrowed from the request body.
 #[derive(Debug, Clone)]
-pub(crate) struct AdmissionRequest<'a> {
+pub struct AdmissionRequest<'a> {
     pub uid: Cow<'a, str>,
     /// `request.kind.kind`: the kind of the object as the webhook registered it.
     pub kind: Cow<'a, str>,
@@ -376,7 +376,7 @@ struct RawImageReviewContainer<'a> {
 
 /// An ImageReview (the in-tree ImagePolicyWebhook admission plugin), borrowed from the body.
 #[derive(Debug, Clone)]
-pub(crate) struct ImageRequest<'a> {
+pub struct ImageRequest<'a> {
     pub namespace: Cow<'a, str>,
     containers: Vec<Container<'a>>,
 }

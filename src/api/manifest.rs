@@ -267,8 +267,9 @@ enum PieceError {
     Document { document: usize, message: String },
 }
 
-/// Reads one file's text on `threads` threads, `batch_bytes` of YAML at a time.
-fn read_stream<R: ObjectReader, E: From<ManifestError>>(
+/// Reads one file's text on `threads` threads, `batch_bytes` of YAML at a time, as
+/// [`read_objects`] does for each file (the fuzz targets compare thread counts and batch sizes).
+pub fn read_stream<R: ObjectReader, E: From<ManifestError>>(
     source: &str,
     text: &str,
     reader: &R,
