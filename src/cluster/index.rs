@@ -100,7 +100,7 @@ pub struct PolicyEntry {
     /// The status as last read from the API server.
     pub status: Option<TrustedRegistryPolicyStatus>,
     /// The compiled policy, or the message that says why it is not enforced.
-    pub compiled: Result<CompiledPolicy, String>,
+    pub compiled: Result<Arc<CompiledPolicy>, String>,
     /// What was compiled, to skip recompiling when only metadata or status changed.
     spec: Result<TrustedRegistryPolicySpec, String>,
 }
@@ -113,13 +113,13 @@ impl PolicyEntry {
             Ok(spec) => {
                 let policy =
                     TrustedRegistryPolicy { metadata: object.metadata.clone(), spec: spec.clone(), status: None };
-                CompiledPolicy::compile(&policy).map_err(|e| e.to_string())
+                CompiledPolicy::compile(&policy).map(Arc::new).map_err(|e| e.to_string())
             }
         };
         Self::with_compiled(object, compiled)
     }
 
-    fn with_compiled(object: PolicyObject, compiled: Result<CompiledPolicy, String>) -> Self {
+    fn with_compiled(object: PolicyObject, compiled: Result<Arc<CompiledPolicy>, String>) -> Self {
         PolicyEntry {
             name: object.name_any(),
             generation: object.metadata.generation,
@@ -264,7 +264,7 @@ impl Index {
             return None;
         }
         let compiled = self.policies.values().filter_map(|e| e.compiled.as_ref().ok().cloned()).collect();
-        Some(Snapshot { policies: PolicySet::new(compiled), namespaces: Some(self.namespaces.clone()) })
+        Some(Snapshot { policies: PolicySet::shared(compiled), namespaces: Some(self.namespaces.clone()) })
     }
 
     /// Every known policy, by name, as the status writer sees them.

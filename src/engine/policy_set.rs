@@ -2,6 +2,7 @@
 //! [`Decision`] for a workload's containers in a namespace.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use jiff::Timestamp;
 
@@ -16,7 +17,9 @@ use crate::engine::workload::{Container, Workload};
 /// Compiled policies, sorted by name: the immutable snapshot admission reads.
 #[derive(Debug, Clone, Default)]
 pub struct PolicySet {
-    policies: Vec<CompiledPolicy>,
+    /// Shared with the policy source's own copies: a new snapshot after one policy changed
+    /// recompiles that policy only.
+    policies: Vec<Arc<CompiledPolicy>>,
     /// Every distinct trusted pattern of the set, once: policies commonly share registries,
     /// and each image is matched against each distinct pattern at most once.
     patterns: Vec<Pattern>,
@@ -30,7 +33,12 @@ pub struct PolicySet {
 }
 
 impl PolicySet {
-    pub fn new(mut policies: Vec<CompiledPolicy>) -> Self {
+    pub fn new(policies: Vec<CompiledPolicy>) -> Self {
+        Self::shared(policies.into_iter().map(Arc::new).collect())
+    }
+
+    /// Indexes policies compiled earlier (a watcher keeps each one compiled until it changes).
+    pub fn shared(mut policies: Vec<Arc<CompiledPolicy>>) -> Self {
         policies.sort_by(|a, b| a.name().cmp(b.name()));
         let mut patterns: Vec<Pattern> = Vec::new();
         let mut index = HashMap::new();
@@ -87,7 +95,7 @@ impl PolicySet {
         (PolicySet::new(compiled), errors)
     }
 
-    pub fn policies(&self) -> &[CompiledPolicy] {
+    pub fn policies(&self) -> &[Arc<CompiledPolicy>] {
         &self.policies
     }
 
