@@ -856,6 +856,12 @@ mod churn {
             rss.iter().map(|r| r.1).max().unwrap_or(0),
             slope(&settled)
         );
+        // Every tenth of the run, to tell a warm-up step from growth that goes on.
+        let tenths: Vec<String> = (0..=10)
+            .map(|t| rss[(rss.len() - 1) * t / 10])
+            .map(|(secs, kib)| format!("{secs:.0} s {kib} KiB"))
+            .collect();
+        println!("RSS by tenths of the run: {}", tenths.join(", "));
         assert_eq!(progress.failed(), 0, "no review fails while policies churn");
     }
 }

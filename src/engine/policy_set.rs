@@ -27,7 +27,7 @@ pub struct PolicySet {
     trusted: Vec<Vec<usize>>,
     /// Policies whose selector only names namespaces, by namespace name: with many per-team
     /// policies, a review looks up its namespace instead of testing every selector.
-    by_namespace: HashMap<String, Vec<usize>>,
+    by_namespace: HashMap<String, Vec<usize>, foldhash::fast::RandomState>,
     /// The other policies, tested one by one.
     scanned: Vec<usize>,
 }
@@ -41,7 +41,9 @@ impl PolicySet {
     pub fn shared(mut policies: Vec<Arc<CompiledPolicy>>) -> Self {
         policies.sort_by(|a, b| a.name().cmp(b.name()));
         let mut patterns: Vec<Pattern> = Vec::new();
-        let mut index = HashMap::new();
+        // Keyed by borrowed parts: a snapshot is rebuilt on every policy change, and copying
+        // every pattern's key was most of that cost.
+        let mut index = HashMap::with_capacity_and_hasher(policies.len() * 4, foldhash::fast::RandomState::default());
         let trusted = policies
             .iter()
             .map(|policy| {
@@ -49,8 +51,7 @@ impl PolicySet {
                     .trusted()
                     .iter()
                     .map(|p| {
-                        let (host, port, path) = p.key();
-                        *index.entry((host.clone(), port.map(str::to_owned), path.to_vec())).or_insert_with(|| {
+                        *index.entry(p.key()).or_insert_with(|| {
                             patterns.push(p.clone());
                             patterns.len() - 1
                         })
@@ -58,7 +59,7 @@ impl PolicySet {
                     .collect()
             })
             .collect();
-        let mut by_namespace = HashMap::<String, Vec<usize>>::new();
+        let mut by_namespace = HashMap::<String, Vec<usize>, _>::with_hasher(foldhash::fast::RandomState::default());
         let mut scanned = Vec::new();
         for (i, policy) in policies.iter().enumerate() {
             match policy.named_namespaces() {
