@@ -75,10 +75,11 @@ bench-server:
 bench-flood:
     ulimit -n "$(ulimit -Hn)" && cargo bench --locked --bench flood
 
+# (3 runs each; `just bench-check path/to/other/trustgate` times another build the same way)
 # Offline check benchmark: generates inputs into target/bench-check/, times `check` on them
-bench-check: build
+bench-check bin="target/release/trustgate": build
     bash benches/check-inputs.sh
-    for f in pods-1000 stream-50mb; do for i in 1 2 3; do /usr/bin/time -f "$f: %e s, %M KB peak RSS" target/release/trustgate check -p examples/policies -o json target/bench-check/$f.yaml > /dev/null || true; done; done
+    for f in pods-1000 stream-50mb; do for i in 1 2 3; do /usr/bin/time -f "$f: %e s, %U s user, %S s system, %M KB peak RSS" {{bin}} check -p examples/policies -o json target/bench-check/$f.yaml > /dev/null || true; done; done
 
 # Policy churn under load: 50 policy updates/s through the watcher's index for 60 s at 2,000 reviews/s
 bench-churn secs="60" rate="2000" churn="50":
@@ -88,8 +89,8 @@ bench-churn secs="60" rate="2000" churn="50":
 soak secs="1800" rate="2000" sample="10":
     TRUSTGATE_BENCH_MODE=soak TRUSTGATE_BENCH_SECS={{secs}} TRUSTGATE_BENCH_RATE={{rate}} TRUSTGATE_SOAK_SAMPLE_SECS={{sample}} cargo bench --locked --bench server_load
 
-# Fuzz the readers of untrusted input with cargo fuzz: every target for 20 s, or one target for
-# SECONDS (`just fuzz manifest 600`); targets: reference, review, manifest (see fuzz/src/lib.rs)
+# Targets: reference, review, manifest (fuzz/src/lib.rs); `just fuzz manifest 3600` runs one for an hour.
+# Fuzz the readers of untrusted input (cargo fuzz): every target for 20 s, or TARGET for SECONDS
 fuzz target="" seconds="600":
     if [[ -z "{{target}}" ]]; then bash .ci/fuzz.sh; else bash .ci/fuzz.sh {{target}} {{seconds}}; fi
 
