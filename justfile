@@ -70,8 +70,8 @@ bench:
 bench-server:
     cargo bench --locked --bench server_load
 
+# (6,000 connections: the recipe raises the open-file limit for the bench and the server it starts)
 # Connection-flood benchmark: reviews from one address while another hogs connections
-# (6,000 of them: the recipe raises the open-file limit for the bench and the server it starts)
 bench-flood:
     ulimit -n "$(ulimit -Hn)" && cargo bench --locked --bench flood
 

@@ -351,7 +351,12 @@ async fn fixed_rate(
             let (connector, progress) = (connector.clone(), progress.clone());
             tokio::spawn(async move {
                 let mut sender = Some(sender);
-                let mut latencies = Vec::new();
+                // Every slot written up front (a non-zero fill is not calloc's untouched pages),
+                // so that the RSS samples of long runs do not count this buffer growing (4 bytes
+                // a review) as the server's memory.
+                let slots = (duration.as_secs_f64() / interval.as_secs_f64()).ceil() as usize + 1;
+                let mut latencies = std::hint::black_box(vec![u32::MAX; slots]);
+                latencies.clear();
                 let mut scheduled = first;
                 let mut previous_done = first;
                 while scheduled < start + duration {
