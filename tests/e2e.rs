@@ -29,6 +29,8 @@
 //! helm binary); the release is `TRUSTGATE_E2E_RELEASE` (`namespace/name`, default
 //! `trustgate-system/trustgate`).
 
+mod e2e_support;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::{Read, Write};
@@ -38,6 +40,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use e2e_support::{InARow, chart_pod_logs, release};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
@@ -270,11 +273,10 @@ impl Harness {
         self.api(kind).create(&PostParams { dry_run, ..PostParams::default() }, &object).await
     }
 
-    /// Dry-run creates `object` until `done` says the answer is the awaited one, ten times in a
-    /// row: policies and webhook registrations reach the API server and the webhook
-    /// asynchronously, and in a cluster the Service spreads reviews over replicas that each learn
-    /// of a policy edit on their own, so one right answer does not mean the next is. Returns
-    /// when the first of those ten came back.
+    /// Dry-run creates `object` until `done` says the answer is the awaited one
+    /// [`InARow::NEEDED`] times in a row: policies and webhook registrations reach the API
+    /// server and the webhook (every replica of it) asynchronously. Returns when the first of
+    /// those came back.
     async fn wait_for_answer(
         &self,
         what: &str,
@@ -282,22 +284,17 @@ impl Harness {
         timeout: Duration,
         done: impl Fn(&Result<DynamicObject, kube::Error>) -> bool,
     ) -> Duration {
-        const IN_A_ROW: usize = 10;
         let start = Instant::now();
-        // When the first of the current run of right answers came.
-        let mut run_began = None;
-        let mut in_a_row = 0;
+        let mut in_a_row = InARow::default();
         loop {
             let result = self.create_with(object, true).await;
-            if done(&result) {
-                let began = *run_began.get_or_insert(start.elapsed());
-                in_a_row += 1;
-                if in_a_row == IN_A_ROW {
-                    return began;
-                }
+            let right = done(&result);
+            if let Some(began) = in_a_row.record(right, start.elapsed()) {
+                return began;
+            }
+            if right {
                 continue;
             }
-            (run_began, in_a_row) = (None, 0);
             assert!(
                 start.elapsed() < timeout,
                 "{what}: not within {timeout:?}; last answer: {result:?}{}",
@@ -311,27 +308,12 @@ impl Harness {
         self.wait_for_answer("a denial", object, Duration::from_secs(30), |r| denial(r).is_some()).await
     }
 
-    /// The webhook's log for a failure message: the local process's, or in a cluster the last
-    /// lines of the chart's Pods (through kubectl, as the e2e scripts run it).
+    /// The webhook's log for a failure message: the local process's, or the chart's Pods'.
     fn logs(&self) -> String {
-        if let Some(webhook) = &self.webhook {
-            return format!("\nwebhook log:\n{}", webhook.log());
-        }
-        if !(mode() == Mode::InCluster) {
-            return String::new();
-        }
-        let (namespace, name) = release();
-        let selector = format!("app.kubernetes.io/instance={name}");
-        match Command::new("kubectl")
-            .args(["logs", "-n", &namespace, "-l", &selector, "--tail=40", "--prefix"])
-            .output()
-        {
-            Ok(out) => format!(
-                "\nwebhook Pods' logs (kubectl logs -n {namespace} -l {selector} --tail=40):\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(error) => format!("\n(no webhook logs: kubectl: {error})"),
+        match &self.webhook {
+            Some(webhook) => format!("\nwebhook log:\n{}", webhook.log()),
+            None if mode() == Mode::InCluster => chart_pod_logs(),
+            None => String::new(),
         }
     }
 
@@ -916,14 +898,6 @@ async fn the_leader_renews_its_lease_and_releases_it_on_sigterm() {
         "the lease must be released on shutdown: {released:?}{}",
         h.logs()
     );
-}
-
-/// Where the chart under test is installed: (namespace, release name).
-fn release() -> (String, String) {
-    let value = std::env::var("TRUSTGATE_E2E_RELEASE").unwrap_or_else(|_| "trustgate-system/trustgate".to_owned());
-    let (namespace, name) =
-        value.split_once('/').unwrap_or_else(|| panic!("TRUSTGATE_E2E_RELEASE={value:?}: expected namespace/name"));
-    (namespace.to_owned(), name.to_owned())
 }
 
 /// What the admissions sent during one phase of the HA test came back as.

@@ -7,8 +7,10 @@
 //! namespace only, so the tests pass on a cluster that holds other objects. With
 //! `TRUSTGATE_E2E_MODE=in-cluster` the Helm chart's webhook (and CRD) are used instead. The
 //! helpers below are a copy of the few that tests/e2e.rs has, kept apart so that each file can
-//! change on its own. Namespace, policies, webhook configuration, lease and process are removed
+//! change on its own; what both must do alike (waits, the chart's logs) is in tests/e2e_support. Namespace, policies, webhook configuration, lease and process are removed
 //! when a test ends, pass or fail.
+
+mod e2e_support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -16,6 +18,7 @@ use std::net::TcpStream;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use e2e_support::{InARow, chart_pod_logs};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::admissionregistration::v1::{
     RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
@@ -220,11 +223,10 @@ impl Harness {
         self.api(kind).create(&PostParams { dry_run, ..PostParams::default() }, &object).await
     }
 
-    /// Dry-run creates `object` until `done` says the answer is the awaited one, ten times in a
-    /// row: policies and webhook registrations reach the API server and the webhook
-    /// asynchronously, and in a cluster the Service spreads reviews over replicas that each learn
-    /// of a policy edit on their own, so one right answer does not mean the next is. Returns
-    /// when the first of those ten came back.
+    /// Dry-run creates `object` until `done` says the answer is the awaited one
+    /// [`InARow::NEEDED`] times in a row: policies and webhook registrations reach the API
+    /// server and the webhook (every replica of it) asynchronously. Returns when the first of
+    /// those came back.
     async fn wait_for_answer(
         &self,
         what: &str,
@@ -232,22 +234,17 @@ impl Harness {
         timeout: Duration,
         done: impl Fn(&Result<DynamicObject, kube::Error>) -> bool,
     ) -> Duration {
-        const IN_A_ROW: usize = 10;
         let start = Instant::now();
-        // When the first of the current run of right answers came.
-        let mut run_began = None;
-        let mut in_a_row = 0;
+        let mut in_a_row = InARow::default();
         loop {
             let result = self.create_with(object, true).await;
-            if done(&result) {
-                let began = *run_began.get_or_insert(start.elapsed());
-                in_a_row += 1;
-                if in_a_row == IN_A_ROW {
-                    return began;
-                }
+            let right = done(&result);
+            if let Some(began) = in_a_row.record(right, start.elapsed()) {
+                return began;
+            }
+            if right {
                 continue;
             }
-            (run_began, in_a_row) = (None, 0);
             assert!(
                 start.elapsed() < timeout,
                 "{what}: not within {timeout:?}; last answer: {result:?}{}",
@@ -261,27 +258,12 @@ impl Harness {
         self.wait_for_answer("a denial", object, Duration::from_secs(30), |r| denial(r).is_some()).await
     }
 
-    /// The webhook's log for a failure message: the local process's, or in a cluster the last
-    /// lines of the chart's Pods (through kubectl, as the e2e scripts run it).
+    /// The webhook's log for a failure message: the local process's, or the chart's Pods'.
     fn logs(&self) -> String {
-        if let Some(webhook) = &self.webhook {
-            return format!("\nwebhook log:\n{}", webhook.log());
-        }
-        if !(in_cluster()) {
-            return String::new();
-        }
-        let (namespace, name) = release();
-        let selector = format!("app.kubernetes.io/instance={name}");
-        match Command::new("kubectl")
-            .args(["logs", "-n", &namespace, "-l", &selector, "--tail=40", "--prefix"])
-            .output()
-        {
-            Ok(out) => format!(
-                "\nwebhook Pods' logs (kubectl logs -n {namespace} -l {selector} --tail=40):\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(error) => format!("\n(no webhook logs: kubectl: {error})"),
+        match &self.webhook {
+            Some(webhook) => format!("\nwebhook log:\n{}", webhook.log()),
+            None if in_cluster() => chart_pod_logs(),
+            None => String::new(),
         }
     }
 
@@ -409,15 +391,6 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
 }
 
 /// Whether to use the webhook the Helm chart installed instead of starting one.
-/// Where the chart under test is installed (in-cluster mode): (namespace, release name), from
-/// `TRUSTGATE_E2E_RELEASE` as tests/e2e.rs reads it.
-fn release() -> (String, String) {
-    let value = std::env::var("TRUSTGATE_E2E_RELEASE").unwrap_or_else(|_| "trustgate-system/trustgate".to_owned());
-    let (namespace, name) =
-        value.split_once('/').unwrap_or_else(|| panic!("TRUSTGATE_E2E_RELEASE={value:?}: expected namespace/name"));
-    (namespace.to_owned(), name.to_owned())
-}
-
 fn in_cluster() -> bool {
     match std::env::var("TRUSTGATE_E2E_MODE").as_deref() {
         Err(_) | Ok("") | Ok("local") => false,
