@@ -123,6 +123,8 @@ expect_assert_failure "PolicyReport RBAC without the flag" "ClusterRole grants e
   '/- --policy-reports$/d'
 expect_assert_failure "the flag without PolicyReport RBAC" "lacks.*policyreports" \
   '/apiGroups: \["wgpolicyk8s.io"\]/,/verbs:/d'
+expect_assert_failure "a body budget that leaves the server too little of its memory limit" \
+  "bodyBudget.inFlight 450Mi leaves under 96Mi" 's/--max-body-bytes-in-flight=64Mi$/--max-body-bytes-in-flight=450Mi/'
 
 step "values that must be refused"
 # expect_failure DESCRIPTION EXPECTED_MESSAGE_REGEX HELM_TEMPLATE_ARGS...
@@ -144,6 +146,7 @@ expect_failure "existingSecret without a caBundle" \
 expect_failure "failurePolicy Maybe" "failurePolicy" --set webhook.failurePolicy=Maybe
 expect_failure "an unknown certificates.mode" "mode" --set certificates.mode=selfSigned
 expect_failure "logFormat yaml" "logFormat" --set logFormat=yaml
+expect_failure "a body budget written in MB" "inFlight" --set bodyBudget.inFlight=64MB
 expect_failure "a misspelt key" "(additional properties|additionalProperties).*failurPolicy|failurPolicy" \
   --set webhook.failurPolicy=Ignore
 expect_failure "a timeout over 30s" "timeoutSeconds" --set webhook.timeoutSeconds=31

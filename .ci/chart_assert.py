@@ -76,6 +76,14 @@ class Failures:
         return ok
 
 
+
+def quantity(text):
+    """Bytes of a Kubernetes binary quantity (the chart writes Ki, Mi, Gi or plain bytes)."""
+    for suffix, factor in (("Ki", 2**10), ("Mi", 2**20), ("Gi", 2**30)):
+        if text.endswith(suffix):
+            return int(text[: -len(suffix)]) * factor
+    return int(text)
+
 def load_docs(path):
     with open(path) as f:
         return [d for d in yaml.safe_load_all(f) if d]
@@ -357,6 +365,16 @@ def check_workload(docs, case, namespace, fails):
     fails.check("lifecycle" not in c, case, "no preStop hook: the server delays its own shutdown")
     fails.check(pod.get("terminationGracePeriodSeconds", 30) >= delay + drain + 5, case,
                 "terminationGracePeriodSeconds must cover --shutdown-delay plus --drain-grace")
+    # The body budget bounds what hostile uploads can make the server hold: it must leave the
+    # server its own memory (~30 MiB, plus per-connection buffers) under the container's limit.
+    budget = {a.split("=", 1)[0]: a.split("=", 1)[1] for a in args if a.startswith("--max-body-bytes-")}
+    in_flight, per_source = budget.get("--max-body-bytes-in-flight"), budget.get("--max-body-bytes-per-source")
+    if fails.check(in_flight and per_source, case, f"the body budget flags are missing: {args}"):
+        fails.check(quantity(per_source) <= quantity(in_flight), case, "bodyBudget.perSource exceeds inFlight")
+        limit = c.get("resources", {}).get("limits", {}).get("memory")
+        if limit:
+            fails.check(quantity(in_flight) + 96 * 2**20 <= quantity(limit), case,
+                        f"bodyBudget.inFlight {in_flight} leaves under 96Mi of the memory limit {limit}")
     sc = c.get("securityContext", {})
     psc = pod.get("securityContext", {})
     fails.check(sc.get("runAsNonRoot") is True and sc.get("runAsUser") == 65532, case, "must run as 65532, non-root")

@@ -116,6 +116,29 @@ pub struct AdmissionMetrics {
     connections: Gauge,
     refused: Family<ReasonLabels, Counter>,
     shed: Family<ReasonLabels, Counter>,
+    body_budget: BodyBudgetMetrics,
+}
+
+/// The request-body memory budget's metrics (`trustgate_admission_body_*`).
+#[derive(Clone, Debug, Default)]
+pub struct BodyBudgetMetrics {
+    in_flight: Gauge,
+    waits: Counter,
+    refusals: Family<ReasonLabels, Counter>,
+}
+
+impl BodyBudgetMetrics {
+    pub(crate) fn set_in_flight(&self, bytes: usize) {
+        self.in_flight.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn waited(&self) {
+        self.waits.inc();
+    }
+
+    pub(crate) fn refused(&self, reason: crate::admission::body_budget::Refusal) {
+        self.refusals.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
+    }
 }
 
 impl AdmissionMetrics {
@@ -129,6 +152,7 @@ impl AdmissionMetrics {
             connections: Gauge::default(),
             refused: Family::default(),
             shed: Family::default(),
+            body_budget: BodyBudgetMetrics::default(),
         };
         registry.register(
             "requests",
@@ -162,7 +186,27 @@ impl AdmissionMetrics {
             "Open connections closed early, by reason (handshake_timeout: no TLS handshake within --handshake-timeout; handshaking, idle: closed at --max-connections to admit a new one)",
             metrics.shed.clone(),
         );
+        registry.register(
+            "body_bytes_in_flight",
+            "Request-body bytes reserved in the body memory budget now (at most --max-body-bytes-in-flight)",
+            metrics.body_budget.in_flight.clone(),
+        );
+        registry.register(
+            "body_budget_waits",
+            "Request bodies that had to wait for room in the body memory budget (their socket is not read meanwhile)",
+            metrics.body_budget.waits.clone(),
+        );
+        registry.register(
+            "body_budget_refusals",
+            "Requests answered 503 by the body memory budget, by reason (timeout: no room before --request-timeout; preempted: a lighter client address needed the room; too_large: the body exceeds --max-body-bytes-per-source)",
+            metrics.body_budget.refusals.clone(),
+        );
         metrics
+    }
+
+    /// The metrics of the body budget these admission metrics belong with.
+    pub fn body_budget(&self) -> BodyBudgetMetrics {
+        self.body_budget.clone()
     }
 
     /// Counts a connection closed as soon as it was accepted.

@@ -3,6 +3,7 @@
 //! metrics. Imports `engine`, `api`.
 
 pub mod admin;
+pub mod body_budget;
 pub mod connections;
 pub mod metrics;
 pub mod poll;

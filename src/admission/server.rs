@@ -6,7 +6,7 @@
 //! never waits on a policy source or on disk.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::field::{Empty, Field, Value};
 
+use crate::admission::body_budget::{BodyBudget, BudgetLimits, Lease, Refusal};
 use crate::admission::connections::{self, Activity, ConnectionTable, Shed, Slot};
 use crate::admission::metrics::{AdmissionMetrics, Endpoint};
 use crate::admission::review::{AdmissionRequest, ImageRequest, Outcome};
@@ -42,6 +43,18 @@ const MAX_DRAIN: usize = 16 * 1024 * 1024;
 /// HTTP/2 streams a client may have open on one connection; more are refused (`REFUSED_STREAM`).
 const MAX_CONCURRENT_STREAMS: u32 = 100;
 
+/// HTTP/2 flow-control windows. Body bytes a client sends before the server reads them wait in
+/// the connection's receive buffer, outside the body budget, so these bound that memory per
+/// connection (512 KiB for all its streams). Reviews (2 to 100 KB) fit a stream's window; a
+/// larger body flows as the server reads it.
+const H2_STREAM_WINDOW: u32 = 256 * 1024;
+const H2_CONNECTION_WINDOW: u32 = 512 * 1024;
+
+/// For a body of unknown length (chunked HTTP/1.1, HTTP/2 without `content-length`), room is
+/// reserved this far ahead of what has arrived before the next frame is read (an HTTP/2 DATA
+/// frame is at most 16 KiB here, an HTTP/1.1 read at most 64 KiB).
+const UNKNOWN_LENGTH_STEP: usize = 64 * 1024;
+
 /// Largest HTTP/2 or HTTP/1.1 header list accepted (the API server sends well under 1 KiB).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
@@ -50,6 +63,8 @@ const MAX_HEADER_LIST: u32 = 16 * 1024;
 pub struct Limits {
     /// Largest accepted request body (413 above).
     pub max_body: usize,
+    /// Body bytes held at once, in all and per client address (503 past `request_timeout`).
+    pub body_budget: BudgetLimits,
     /// Time allowed for the TLS handshake, from accept to its end.
     pub handshake_timeout: Duration,
     /// Time allowed for each request's headers. For HTTP/1.1 it also bounds how long a
@@ -74,6 +89,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_body: MAX_BODY,
+            body_budget: BudgetLimits::default(),
             handshake_timeout: Duration::from_secs(3),
             header_read_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(10),
@@ -91,6 +107,7 @@ impl Default for Limits {
 pub struct Admission {
     store: Arc<Store>,
     metrics: AdmissionMetrics,
+    budget: Arc<BodyBudget>,
     max_body: usize,
     request_timeout: Duration,
 }
@@ -99,11 +116,18 @@ type Body = Full<Bytes>;
 
 impl Admission {
     pub fn new(store: Arc<Store>, metrics: AdmissionMetrics, limits: &Limits) -> Arc<Self> {
-        Arc::new(Admission { store, metrics, max_body: limits.max_body, request_timeout: limits.request_timeout })
+        let budget = BodyBudget::new(limits.body_budget, metrics.body_budget());
+        Arc::new(Admission {
+            store,
+            metrics,
+            budget,
+            max_body: limits.max_body,
+            request_timeout: limits.request_timeout,
+        })
     }
 
-    /// Answers one HTTP request.
-    pub async fn handle(&self, request: Request<Incoming>) -> Response<Body> {
+    /// Answers one HTTP request from the client address `peer`.
+    pub async fn handle(&self, request: Request<Incoming>, peer: IpAddr) -> Response<Body> {
         let started = Instant::now();
         let _in_flight = self.metrics.in_flight();
         let endpoint = match request.uri().path() {
@@ -133,24 +157,36 @@ impl Admission {
         }
         let http2 = request.version() == http::Version::HTTP_2;
         let mut incoming = request.into_body();
-        let body = match tokio::time::timeout(self.request_timeout, collect(&mut incoming, self.max_body)).await {
-            Ok(Ok(body)) => body,
-            Ok(Err(BodyError::TooLarge)) => {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let mut lease = self.budget.lease(peer);
+        let body = match read_body(&mut incoming, declared, self.max_body, &mut lease, deadline).await {
+            Ok(body) => body,
+            Err(BodyError::TooLarge) => {
+                drop(lease);
                 if http2 {
                     self.drain(incoming);
                 }
                 return self.too_large();
             }
-            Ok(Err(BodyError::Read(e))) => {
+            Err(BodyError::Read(e)) => {
                 return self.reject(StatusCode::BAD_REQUEST, format!("cannot read the request body: {e}"));
             }
-            Err(_) => {
+            Err(BodyError::Timeout) => {
                 return self.reject(
                     StatusCode::REQUEST_TIMEOUT,
                     format!("the request body did not arrive within {:?}", self.request_timeout),
                 );
             }
+            Err(BodyError::Budget(refusal)) => {
+                // The rest of the body is never read: HTTP/1.1 closes the connection after
+                // this answer, HTTP/2 resets the stream.
+                let mut response = self.reject(StatusCode::SERVICE_UNAVAILABLE, format!("{refusal}: retry later"));
+                response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return response;
+            }
         };
+        // Read whole: from here the request is decided without waiting, so it keeps its room.
+        lease.settle();
         // Read once: the whole review is decided on this one snapshot.
         let Some(snapshot) = self.store.load() else {
             return self.reject(StatusCode::SERVICE_UNAVAILABLE, "policies are not loaded yet".to_owned());
@@ -291,21 +327,72 @@ impl Admission {
 enum BodyError {
     TooLarge,
     Read(hyper::Error),
+    /// The body did not arrive by the deadline.
+    Timeout,
+    /// The body budget had no room for it.
+    Budget(Refusal),
 }
 
-/// Reads a request body of at most `max` bytes, leaving the rest in `body` when it is larger.
-async fn collect(body: &mut Incoming, max: usize) -> Result<Bytes, BodyError> {
-    let mut collected = Vec::new();
-    while let Some(frame) = body.frame().await {
+/// Reads a request body of at most `max` bytes into one buffer, reserving its room in the
+/// budget before reading the bytes that fill it; over `max`, leaves the rest in `body`.
+///
+/// With a declared length, the whole body is reserved and allocated once. Without one, the
+/// buffer doubles, and the budget holds the old and the new buffer while it moves.
+async fn read_body(
+    body: &mut Incoming,
+    declared: Option<u64>,
+    max: usize,
+    lease: &mut Lease,
+    deadline: tokio::time::Instant,
+) -> Result<Bytes, BodyError> {
+    let mut buffer = Vec::new();
+    if let Some(declared) = declared {
+        // At most `max`: a larger declared length was answered 413 before any read.
+        let declared = usize::try_from(declared).unwrap_or(usize::MAX).min(max);
+        make_room(&mut buffer, declared, max, lease, deadline).await?;
+    }
+    loop {
+        if declared.is_none() {
+            make_room(&mut buffer, UNKNOWN_LENGTH_STEP, max, lease, deadline).await?;
+        }
+        let frame = tokio::select! {
+            frame = tokio::time::timeout_at(deadline, body.frame()) => frame.map_err(|_| BodyError::Timeout)?,
+            () = lease.preempted() => return Err(BodyError::Budget(Refusal::Preempted)),
+        };
+        let Some(frame) = frame else { break };
         let frame = frame.map_err(BodyError::Read)?;
         if let Some(data) = frame.data_ref() {
-            if collected.len() + data.len() > max {
+            if buffer.len() + data.len() > max {
                 return Err(BodyError::TooLarge);
             }
-            collected.extend_from_slice(data);
+            // A frame larger than the room made for it: account for it before keeping it.
+            make_room(&mut buffer, data.len(), max, lease, deadline).await?;
+            buffer.extend_from_slice(data);
         }
     }
-    Ok(Bytes::from(collected))
+    Ok(Bytes::from(buffer))
+}
+
+/// Makes `buffer` able to take `additional` more bytes (capped at `max` in all) without moving,
+/// with the room reserved in `lease` first.
+async fn make_room(
+    buffer: &mut Vec<u8>,
+    additional: usize,
+    max: usize,
+    lease: &mut Lease,
+    deadline: tokio::time::Instant,
+) -> Result<(), BodyError> {
+    let needed = (buffer.len() + additional).min(max);
+    if needed <= lease.bytes() {
+        return Ok(());
+    }
+    let old = lease.bytes();
+    // Exactly what was declared the first time; doubling after that.
+    let new = if old == 0 { needed } else { needed.max(old * 2).min(max) };
+    lease.grow(new, deadline).await.map_err(BodyError::Budget)?;
+    buffer.reserve_exact(new - buffer.len());
+    lease.shrink(old);
+    Ok(())
 }
 
 /// Logs the one line of a decision, inside the request's span: at info when anything was
@@ -408,8 +495,8 @@ pub async fn serve(
         // Responses are a few KiB: a client that never opens its window holds at most this
         // much of each response in memory.
         .max_send_buf_size(64 * 1024)
-        .initial_stream_window_size(1024 * 1024)
-        .initial_connection_window_size(2 * 1024 * 1024)
+        .initial_stream_window_size(H2_STREAM_WINDOW)
+        .initial_connection_window_size(H2_CONNECTION_WINDOW)
         .keep_alive_interval(Duration::from_secs(20))
         .keep_alive_timeout(limits.header_read_timeout);
     let builder = Arc::new(builder);
@@ -520,6 +607,7 @@ impl Connection {
         let in_flight = activity.clone();
         let http2 = Arc::new(AtomicBool::new(false));
         let (seen_http2, shutdown) = (http2.clone(), self.shutdown.clone());
+        let source = peer.ip();
         let service = service_fn(move |request: Request<Incoming>| {
             let admission = admission.clone();
             let guard = in_flight.begin();
@@ -529,7 +617,7 @@ impl Connection {
             }
             let shutdown = shutdown.clone();
             async move {
-                let mut response = admission.handle(request).await;
+                let mut response = admission.handle(request, source).await;
                 // HTTP/1.1 while shutting down: the client closes after this response, so the
                 // connection is never closed under a request it is sending.
                 if shutdown.is_cancelled() && version < Version::HTTP_2 {

@@ -20,6 +20,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
 use crate::admission::admin::{self, Admin};
+use crate::admission::body_budget::BudgetLimits;
 use crate::admission::metrics::{self, AdmissionMetrics, LogCollector, SnapshotCollector, SourceMetrics, TlsMetrics};
 use crate::admission::server::{self, Admission, Limits};
 use crate::admission::tls::{CertificateFiles, Credentials, Reloader, SelfSigned};
@@ -144,9 +145,22 @@ pub struct ServeArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub header_read_timeout: Duration,
 
-    /// Time allowed to receive a request's body (then 408).
+    /// Time allowed to receive a request's body (then 408), and to wait for room in the body
+    /// memory budget (then 503).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub request_timeout: Duration,
+
+    /// Memory budget for the request bodies held at once by all clients (bytes; `Ki`, `Mi`,
+    /// `Gi` suffixes). A body that does not fit waits, unread, for room; past
+    /// --request-timeout it gets 503. Keep it well under the container's memory limit.
+    #[arg(long, default_value = "64Mi", value_parser = parse_bytes, value_name = "BYTES")]
+    pub max_body_bytes_in_flight: usize,
+
+    /// Memory budget for the request bodies held at once by one client address. Addresses
+    /// that hold less may take room from the one that holds the most, so no set of clients can
+    /// keep the API server's reviews waiting.
+    #[arg(long, default_value = "16Mi", value_parser = parse_bytes, value_name = "BYTES")]
+    pub max_body_bytes_per_source: usize,
 
     /// Connections (HTTP/2 included) with no request for this long are closed.
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -172,6 +186,28 @@ pub struct ServeArgs {
     pub worker_threads: Option<u16>,
 }
 
+/// A size in bytes: a whole number, optionally followed by `Ki`, `Mi` or `Gi` (powers of 1024,
+/// as in Kubernetes quantities).
+fn parse_bytes(value: &str) -> Result<usize, String> {
+    let (digits, unit) = match value.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => value.split_at(at),
+        None => (value, ""),
+    };
+    let multiplier: usize = match unit {
+        "" => 1,
+        "Ki" => 1 << 10,
+        "Mi" => 1 << 20,
+        "Gi" => 1 << 30,
+        other => return Err(format!("unknown unit {other:?}: write bytes, or a number with Ki, Mi or Gi")),
+    };
+    let number: usize = digits.parse().map_err(|_| format!("{value:?} is not a size: write bytes, or 64Mi"))?;
+    let bytes = number.checked_mul(multiplier).ok_or_else(|| format!("{value} is too large"))?;
+    if bytes == 0 {
+        return Err("the budget must be above 0".to_owned());
+    }
+    Ok(bytes)
+}
+
 impl ServeArgs {
     fn source(&self) -> anyhow::Result<PolicySource> {
         match (self.policy_source, &self.policy_file) {
@@ -187,6 +223,10 @@ impl ServeArgs {
     fn limits(&self) -> Limits {
         Limits {
             max_body: server::MAX_BODY,
+            body_budget: BudgetLimits {
+                global: self.max_body_bytes_in_flight,
+                per_source: self.max_body_bytes_per_source,
+            },
             handshake_timeout: self.handshake_timeout,
             header_read_timeout: self.header_read_timeout,
             request_timeout: self.request_timeout,
@@ -273,6 +313,13 @@ async fn serve(
     dropped_lines: tracing_appender::non_blocking::ErrorCounter,
 ) -> anyhow::Result<ExitCode> {
     let source_kind = args.source()?;
+    if args.max_body_bytes_per_source > args.max_body_bytes_in_flight {
+        bail!(
+            "--max-body-bytes-per-source ({}) is larger than --max-body-bytes-in-flight ({}): one address's share cannot exceed the whole",
+            args.max_body_bytes_per_source,
+            args.max_body_bytes_in_flight
+        );
+    }
     let store = Store::new();
     let mut registry = metrics::registry();
     SnapshotCollector::register(&mut registry, store.clone());
@@ -435,6 +482,12 @@ mod tests {
         assert_eq!(limits.max_connections_per_source, defaults.max_connections_per_source);
         assert_eq!(limits.handshake_timeout, defaults.handshake_timeout);
         assert_eq!(limits.header_read_timeout, defaults.header_read_timeout);
+        assert_eq!(limits.body_budget, defaults.body_budget);
+        assert_eq!(
+            limits.body_budget,
+            BudgetLimits { global: 64 << 20, per_source: 16 << 20 },
+            "the chart's bodyBudget"
+        );
         assert_eq!(args.source().unwrap(), PolicySource::Kubernetes);
         assert!(!args.policy_reports, "PolicyReports are off unless asked for");
         assert!(parse(&["--self-signed", "--policy-reports"]).unwrap().policy_reports);
@@ -460,6 +513,19 @@ mod tests {
         assert_eq!(args.shutdown_delay, Duration::ZERO, "no delay unless asked: the chart asks");
         let args = parse(&["--self-signed", "--shutdown-delay", "5s"]).unwrap();
         assert_eq!(args.shutdown_delay, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn body_budgets_are_written_in_bytes_or_binary_units() {
+        let args =
+            parse(&["--self-signed", "--max-body-bytes-in-flight", "128Mi", "--max-body-bytes-per-source", "4194304"]);
+        let limits = args.unwrap().limits().body_budget;
+        assert_eq!(limits, BudgetLimits { global: 128 << 20, per_source: 4 << 20 });
+        assert_eq!(parse_bytes("2Gi"), Ok(2 << 30));
+        assert_eq!(parse_bytes("512Ki"), Ok(512 << 10));
+        for bad in ["", "0", "64MB", "64 Mi", "-1", "1.5Mi", "99999999999999999999Gi"] {
+            assert!(parse_bytes(bad).is_err(), "{bad:?} is not a size");
+        }
     }
 
     /// The chart's dashboard and alerts may query only the families in .ci/known-metrics.txt
@@ -494,6 +560,7 @@ mod tests {
         admission.rejected(400);
         admission.connection_refused(crate::admission::connections::Refusal::PerSourceLimit);
         admission.connection_shed(crate::admission::connections::Shed::Idle);
+        admission.body_budget().refused(crate::admission::body_budget::Refusal::Timeout);
         let (_writer, _guard) = tracing_appender::non_blocking(std::io::sink());
         LogCollector::register(&mut registry, _writer.error_counter());
         let tls = TlsMetrics::register(&mut registry);
