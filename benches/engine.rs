@@ -6,11 +6,11 @@ use std::hint::black_box;
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
-use trustgate::api::TrustedRegistryPolicy;
-use trustgate::api::manifest;
-use trustgate::engine::reference::Reference;
-use trustgate::engine::workload::Workload;
-use trustgate::engine::{Namespace, PolicySet};
+use trustgate_core::api::TrustedRegistryPolicy;
+use trustgate_manifest::manifest;
+use trustgate_core::reference::Reference;
+use trustgate_core::workload::Workload;
+use trustgate_core::engine::{Namespace, PolicySet};
 
 fn policies(n: usize) -> PolicySet {
     let policies: Vec<TrustedRegistryPolicy> = (0..n)

@@ -691,11 +691,11 @@ mod soak {
 mod churn {
     use super::*;
     use kube::runtime::watcher::Event;
-    use trustgate::admission::metrics::{self, AdmissionMetrics};
-    use trustgate::admission::server::{self, Admission, Limits};
-    use trustgate::admission::tls::{Credentials, SelfSigned};
-    use trustgate::cluster::index::{Index, PolicyObject};
-    use trustgate::engine::snapshot::Store;
+    use trustgate_admission::metrics::{self, AdmissionMetrics};
+    use trustgate_admission::server::{self, Admission, Limits};
+    use trustgate_admission::tls::{Credentials, SelfSigned};
+    use trustgate_cluster::index::{Index, PolicyObject};
+    use trustgate_core::engine::snapshot::Store;
 
     /// Policy `i` of the multi-team set of [`policies`], at revision `revision`: each revision
     /// trusts another team registry and says so in its message, so each is a real change.

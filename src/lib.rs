@@ -1,11 +1,9 @@
 //! trustgate: admit only container images from trusted registries.
 //!
-//! The folders are the layers. `engine` is pure (no I/O, no tokio, hyper or kube) and `api` is
-//! what users write; `admission` and `cluster` are thin I/O shells around them, and `cli`
-//! wires everything into the `trustgate` binary. No module imports from a layer above it.
+//! This package is the `trustgate` binary and its command line (`cli`), wired from the
+//! workspace's crates (README "Code map"): `trustgate-core` (pure: CRD types and the engine),
+//! `trustgate-manifest` (reading manifests), `trustgate-runtime` (shared process plumbing),
+//! `trustgate-admission` (the HTTPS server) and `trustgate-cluster` (kube-rs watchers, status,
+//! Lease and audit).
 
-pub mod admission;
-pub mod api;
 pub mod cli;
-pub mod cluster;
-pub mod engine;

@@ -2,7 +2,7 @@
 
 #[test]
 fn committed_crd_matches_the_rust_types() {
-    let generated = trustgate::api::crd_yaml();
+    let generated = trustgate_core::api::crd_yaml();
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/trustedregistrypolicies.trustgate.dev.yaml");
     let committed = std::fs::read_to_string(path).expect("crds/trustedregistrypolicies.trustgate.dev.yaml exists");
     assert!(
@@ -14,7 +14,7 @@ fn committed_crd_matches_the_rust_types() {
 #[test]
 fn crd_round_trips_through_the_api_types() {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-    let generated = trustgate::api::crd_yaml();
+    let generated = trustgate_core::api::crd_yaml();
     let crd: CustomResourceDefinition = serde_saphyr::from_str(generated.split_once("---\n").unwrap().1).unwrap();
     assert_eq!(crd.spec.names.short_names.as_deref(), Some(&["trp".to_owned()][..]));
     assert_eq!(crd.spec.scope, "Cluster");

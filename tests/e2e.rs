@@ -55,8 +55,8 @@ use kube::api::{
 };
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use trustgate::api::{Mode as PolicyMode, TrustedRegistryPolicy};
-use trustgate::engine::{CompiledPolicy, Namespace as PolicyNamespace};
+use trustgate_core::api::{Mode as PolicyMode, TrustedRegistryPolicy};
+use trustgate_core::engine::{CompiledPolicy, Namespace as PolicyNamespace};
 
 /// Field manager of everything the tests write.
 const MANAGER: &str = "trustgate-e2e";

@@ -42,7 +42,7 @@ use kube::{Api, Client};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
-use trustgate::api::TrustedRegistryPolicy;
+use trustgate_core::api::TrustedRegistryPolicy;
 
 const MANAGER: &str = "trustgate-e2e-disruption";
 /// Trusted by the base policy and by the late one: admitted throughout.

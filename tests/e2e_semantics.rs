@@ -30,7 +30,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams};
 use kube::{Api, Client};
 use serde_json::{Value, json};
-use trustgate::api::TrustedRegistryPolicy;
+use trustgate_core::api::TrustedRegistryPolicy;
 
 /// Field manager of everything the tests write.
 const MANAGER: &str = "trustgate-e2e";

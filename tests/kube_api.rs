@@ -118,7 +118,7 @@ fn time(s: &str) -> Timestamp {
 mod lease {
     use super::*;
     use tokio::time::Instant;
-    use trustgate::cluster::lease::{Elector, LeaseConfig};
+    use trustgate_cluster::lease::{Elector, LeaseConfig};
 
     const URL: &str = "/apis/coordination.k8s.io/v1/namespaces/trustgate-system/leases/trustgate";
     const COLLECTION: &str = "/apis/coordination.k8s.io/v1/namespaces/trustgate-system/leases";
@@ -316,7 +316,7 @@ mod lease {
         assert_eq!(start.elapsed(), Duration::from_secs(10));
         assert!(!leading, "past the deadline, 5s before the lease can expire for others");
         let error = error.expect("a timeout");
-        assert!(matches!(error, trustgate::cluster::lease::LeaseError::Timeout { .. }), "{error:?}");
+        assert!(matches!(error, trustgate_cluster::lease::LeaseError::Timeout { .. }), "{error:?}");
         assert_eq!(error.to_string(), "no answer about lease trustgate-system/trustgate within 3s");
 
         // A follower's round is cut after half the deadline.
@@ -404,10 +404,10 @@ mod lease {
 
 mod audit {
     use super::*;
-    use trustgate::api::TrustedRegistryPolicy;
-    use trustgate::cluster::audit;
-    use trustgate::engine::PolicySet;
-    use trustgate::engine::snapshot::Snapshot;
+    use trustgate_core::api::TrustedRegistryPolicy;
+    use trustgate_cluster::audit;
+    use trustgate_core::engine::PolicySet;
+    use trustgate_core::engine::snapshot::Snapshot;
 
     fn pod(name: &str, image: &str, owner: Option<&str>) -> Value {
         let owners: Vec<Value> = owner
@@ -503,10 +503,10 @@ mod audit {
 mod source {
     use super::*;
     use tokio_util::sync::CancellationToken;
-    use trustgate::cluster::watch::{KubeSource, WatchConfig};
-    use trustgate::engine::Verdict;
-    use trustgate::engine::snapshot::Store;
-    use trustgate::engine::workload::Workload;
+    use trustgate_cluster::watch::{KubeSource, WatchConfig};
+    use trustgate_core::engine::Verdict;
+    use trustgate_core::engine::snapshot::Store;
+    use trustgate_core::workload::Workload;
 
     const POLICIES: &str = "/apis/trustgate.dev/v1alpha1/trustedregistrypolicies";
     const LEASE: &str = "/apis/coordination.k8s.io/v1/namespaces/trustgate-system/leases/trustgate";
@@ -1000,9 +1000,9 @@ mod source {
 /// when the CRD is missing.
 mod policy_reports {
     use super::*;
-    use trustgate::api::Mode;
-    use trustgate::cluster::policy_report::{Owner, PolicyReports, ReportWriter, Synced};
-    use trustgate::engine::{Violation, ViolationKind};
+    use trustgate_core::api::Mode;
+    use trustgate_cluster::policy_report::{Owner, PolicyReports, ReportWriter, Synced};
+    use trustgate_core::engine::{Violation, ViolationKind};
 
     const LIST: &str = "GET /apis/wgpolicyk8s.io/v1alpha2/policyreports?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dtrustgate&limit=500";
 
@@ -1156,11 +1156,11 @@ mod what_if {
     use super::*;
     use trustgate::cli::check::Report;
     use trustgate::cli::what_if::check_client;
-    use trustgate::engine::{PolicySet, Verdict};
+    use trustgate_core::engine::{PolicySet, Verdict};
 
     #[tokio::test]
     async fn lists_one_namespace_rolls_up_owned_objects_and_survives_unreadable_namespace_labels() {
-        let policies: Vec<trustgate::api::TrustedRegistryPolicy> = serde_json::from_value(json!([
+        let policies: Vec<trustgate_core::api::TrustedRegistryPolicy> = serde_json::from_value(json!([
             {"metadata": {"name": "corp"}, "spec": {"trustedRegistries": ["registry.my.com"]}},
             {"metadata": {"name": "prod"}, "spec": {"mode": "Warn", "trustedRegistries": ["registry.my.com/prod"],
                 "namespaceSelector": {"matchLabels": {"env": "prod"}}}},

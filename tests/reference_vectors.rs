@@ -1,4 +1,4 @@
-//! Independent oracle for `trustgate::engine::reference`.
+//! Independent oracle for `trustgate_core::reference`.
 //!
 //! Every row in these tables states what Go's `github.com/distribution/reference`
 //! (v0.6.0) `ParseNormalizedNamed`, followed by kubelet's `TagNameOnly` (implicit
@@ -30,7 +30,7 @@
 use std::fmt::Write as _;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use trustgate::engine::reference::{Reference, ReferenceError};
+use trustgate_core::reference::{Reference, ReferenceError};
 
 // ---------------------------------------------------------------------------------------
 // Fixtures

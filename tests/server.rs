@@ -10,8 +10,8 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use trustgate::admission::server::Limits;
-use trustgate::engine::snapshot::Store;
+use trustgate_admission::server::Limits;
+use trustgate_core::engine::snapshot::Store;
 
 use support::*;
 

@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, StatusCode};
 use tokio::sync::mpsc;
-use trustgate::admission::body_budget::BudgetLimits;
-use trustgate::admission::server::Limits;
+use trustgate_admission::body_budget::BudgetLimits;
+use trustgate_admission::server::Limits;
 
 use support::*;
 

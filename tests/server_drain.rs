@@ -16,7 +16,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use tokio::net::TcpStream;
-use trustgate::admission::server::Limits;
+use trustgate_admission::server::Limits;
 
 use support::*;
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use trustgate::admission::server::Limits;
+use trustgate_admission::server::Limits;
 
 use support::*;
 

@@ -15,7 +15,7 @@ use http::StatusCode;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use trustgate::admission::server::Limits;
+use trustgate_admission::server::Limits;
 
 use support::*;
 

@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use http::StatusCode;
 use tokio_util::sync::CancellationToken;
-use trustgate::admission::metrics::{self, TlsMetrics};
-use trustgate::admission::server::Limits;
-use trustgate::admission::tls::{CertificateFiles, Reloader};
-use trustgate::engine::snapshot::Store;
+use trustgate_admission::metrics::{self, TlsMetrics};
+use trustgate_admission::server::Limits;
+use trustgate_admission::tls::{CertificateFiles, Reloader};
+use trustgate_core::engine::snapshot::Store;
 
 use support::*;
 

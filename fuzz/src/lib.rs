@@ -6,11 +6,11 @@
 use std::sync::OnceLock;
 
 use serde_json::Value;
-use trustgate::admission::review::{AdmissionRequest, ImageRequest, Outcome};
-use trustgate::api::manifest::{self, DocumentText, ManifestError, ObjectReader, Position};
+use trustgate_admission::review::{AdmissionRequest, ImageRequest, Outcome};
+use trustgate_manifest::manifest::{self, DocumentText, ManifestError, ObjectReader, Position};
 use trustgate::cli::check::CheckReader;
-use trustgate::engine::reference::Reference;
-use trustgate::engine::{PolicySet, Snapshot, Verdict};
+use trustgate_core::reference::Reference;
+use trustgate_core::engine::{PolicySet, Snapshot, Verdict};
 
 /// An image reference: parsing never panics, and a parsed reference written back in its
 /// normalized form parses to the same fields (what the engine matches is stable). The domain is

@@ -6,9 +6,9 @@ use jiff::Timestamp;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::api::manifest::{Document, DocumentText, ObjectReader, Position};
-use crate::engine::workload::Workload;
-use crate::engine::{Namespace, PolicySet, Subject, Verdict, Violation};
+use trustgate_manifest::manifest::{Document, DocumentText, ObjectReader, Position};
+use trustgate_core::workload::Workload;
+use trustgate_core::engine::{Namespace, PolicySet, Subject, Verdict, Violation};
 
 /// The JSON document `check --output json` prints.
 #[derive(Debug, Serialize, PartialEq, Eq, Default)]
@@ -67,7 +67,7 @@ pub struct UnreadableObject {
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum CheckError {
     #[error(transparent)]
-    Manifest(#[from] crate::api::manifest::ManifestError),
+    Manifest(#[from] trustgate_manifest::manifest::ManifestError),
     #[error(transparent)]
     Unreadable(#[from] UnreadableObject),
 }
@@ -83,7 +83,7 @@ pub struct Entry {
 
 /// Where an object and its images are written in its file (1-based lines), for reports that
 /// point at code (SARIF). Found by a text scan of the object's document: see
-/// [`crate::api::stream::image_lines`].
+/// [`trustgate_manifest::stream::image_lines`].
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Lines {
     /// The document's first line of content.
@@ -138,7 +138,7 @@ impl CheckReader {
                 !(l.is_empty() || l.starts_with('#') || l == "---" || l.starts_with("--- #"))
             })
             .map(|i| document.first_line + i);
-        let written = crate::api::stream::image_lines(document.text, document.first_line);
+        let written = trustgate_manifest::stream::image_lines(document.text, document.first_line);
         let images = workload
             .containers
             .iter()
@@ -164,7 +164,7 @@ impl ObjectReader for CheckReader {
         // shortcut before it, but the fuzzer found it inexact: it skips what the general reader
         // refuses, such as a null key in a field it ignores.) Namespaces (labels) and Lists
         // (items) always take the general way.
-        let workload = crate::api::block_yaml::read_workload(document.text)?.into_owned();
+        let workload = trustgate_manifest::block_yaml::read_workload(document.text)?.into_owned();
         if workload.kind.is_empty() || workload.kind == "Namespace" || workload.kind.ends_with("List") {
             return None;
         }
@@ -273,8 +273,8 @@ fn namespace_labels(object: &Value) -> Option<(String, BTreeMap<String, String>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::Mode;
-    use crate::api::manifest;
+    use trustgate_core::api::Mode;
+    use trustgate_manifest::manifest;
 
     fn check(
         policies: &PolicySet,

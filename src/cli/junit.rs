@@ -7,9 +7,9 @@
 
 use std::fmt::Write as _;
 
-use crate::api::Mode;
+use trustgate_core::api::Mode;
 use crate::cli::check::{ObjectReport, Report};
-use crate::engine::Verdict;
+use trustgate_core::engine::Verdict;
 
 /// The JUnit XML document of a report.
 pub fn document(report: &Report) -> String {

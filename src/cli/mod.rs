@@ -16,10 +16,10 @@ use anstyle::{AnsiColor, Style};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use crate::api::Mode;
-use crate::api::manifest;
-use crate::engine::reference::Reference;
-use crate::engine::{PolicySet, Verdict};
+use trustgate_core::api::Mode;
+use trustgate_manifest::manifest;
+use trustgate_core::reference::Reference;
+use trustgate_core::engine::{PolicySet, Verdict};
 use check::Report;
 
 /// Exit code: an Enforce policy was violated, or a reference is invalid.
@@ -334,7 +334,7 @@ fn print_normalized(results: &[Normalized]) -> std::io::Result<()> {
 }
 
 fn run_crd() -> ExitCode {
-    println!("{}", crate::api::crd_yaml().trim_end());
+    println!("{}", trustgate_core::api::crd_yaml().trim_end());
     ExitCode::SUCCESS
 }
 

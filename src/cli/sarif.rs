@@ -9,9 +9,9 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use crate::api::Mode;
+use trustgate_core::api::Mode;
 use crate::cli::check::Report;
-use crate::engine::ViolationKind;
+use trustgate_core::engine::ViolationKind;
 
 /// The `uriBaseId` of every location: the directory `check` ran in.
 const BASE: &str = "SRCROOT";

@@ -19,13 +19,13 @@ use tokio::net::TcpListener;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
 
-use crate::admission::admin::{self, Admin};
-use crate::admission::body_budget::BudgetLimits;
-use crate::admission::metrics::{self, AdmissionMetrics, LogCollector, SnapshotCollector, SourceMetrics, TlsMetrics};
-use crate::admission::server::{self, Admission, Limits};
-use crate::admission::tls::{CertificateFiles, Credentials, Reloader, SelfSigned};
-use crate::cluster::file_source::{self, FileSource};
-use crate::engine::snapshot::Store;
+use trustgate_admission::admin::{self, Admin};
+use trustgate_admission::body_budget::BudgetLimits;
+use trustgate_admission::metrics::{self, AdmissionMetrics, LogCollector, SnapshotCollector, TlsMetrics};
+use trustgate_admission::server::{self, Admission, Limits};
+use trustgate_admission::tls::{CertificateFiles, Credentials, Reloader, SelfSigned};
+use trustgate_cluster::file_source::{self, FileSource, SourceMetrics};
+use trustgate_core::engine::snapshot::Store;
 
 /// Where policies come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -349,14 +349,14 @@ async fn serve(
         }
         PolicySource::Kubernetes => {
             let client = kube::Client::try_default().await.context("cannot configure the Kubernetes client")?;
-            let config = crate::cluster::watch::WatchConfig {
+            let config = trustgate_cluster::watch::WatchConfig {
                 lease_namespace: args.lease_namespace.clone(),
                 lease_name: args.lease_name.clone(),
                 identity: args.identity(),
                 audit_interval: args.audit_interval,
                 policy_reports: args.policy_reports,
             };
-            let source = crate::cluster::watch::KubeSource::new(config, &mut registry);
+            let source = trustgate_cluster::watch::KubeSource::new(config, &mut registry);
             let (store, shutdown) = (store.clone(), shutdown.clone());
             source_task = Some(tokio::spawn(async move {
                 if let Err(error) = source.run(client, store, shutdown).await {
@@ -422,7 +422,7 @@ fn credentials(args: &ServeArgs, metrics: TlsMetrics) -> anyhow::Result<(Arc<Cre
             "self-signed certificate: clients must trust the CA bundle (curl --cacert {})",
             path.display()
         );
-        crate::admission::tls::report_expiry(&metrics, &generated.key);
+        trustgate_admission::tls::report_expiry(&metrics, &generated.key);
         return Ok((Credentials::new(generated.key), None));
     }
     let (Some(cert), Some(key)) = (args.tls_cert.clone(), args.tls_key.clone()) else {
@@ -550,26 +550,16 @@ mod tests {
         let mut registry = metrics::registry();
         SnapshotCollector::register(&mut registry, store.clone());
         let admission = AdmissionMetrics::register(&mut registry);
-        admission.decided(
-            metrics::Endpoint::Validate,
-            "Pod",
-            "CREATE",
-            crate::engine::Verdict::Allow,
-            Duration::from_millis(1),
-        );
-        admission.rejected(400);
-        admission.connection_refused(crate::admission::connections::Refusal::PerSourceLimit);
-        admission.connection_shed(crate::admission::connections::Shed::Idle);
-        admission.body_budget().refused(crate::admission::body_budget::Refusal::Timeout);
+        admission.touch_every_family();
         let (_writer, _guard) = tracing_appender::non_blocking(std::io::sink());
         LogCollector::register(&mut registry, _writer.error_counter());
         let tls = TlsMetrics::register(&mut registry);
         tls.reloaded();
         SourceMetrics::register(&mut registry).reloaded();
-        crate::cluster::watch::WatchMetrics::register(&mut registry).touch_every_family();
+        trustgate_cluster::watch::WatchMetrics::register(&mut registry).touch_every_family();
         // trustgate_policies is reported once a snapshot is published.
-        let (policies, _) = crate::engine::PolicySet::compile(std::iter::empty());
-        store.publish(crate::engine::snapshot::Snapshot { policies, namespaces: None });
+        let (policies, _) = trustgate_core::engine::PolicySet::compile(std::iter::empty());
+        store.publish(trustgate_core::engine::snapshot::Snapshot { policies, namespaces: None });
         let text = metrics::encode(&registry).unwrap();
         let served: std::collections::BTreeMap<&str, &str> = text
             .lines()

@@ -15,9 +15,9 @@ use kube::config::{KubeConfigOptions, Kubeconfig, KubeconfigError};
 use kube::{Api, Client, Config};
 
 use crate::cli::check::Report;
-use crate::cluster::audit::{self, AuditError};
-use crate::engine::PolicySet;
-use crate::engine::snapshot::{NamespaceLabels, Snapshot};
+use trustgate_cluster::audit::{self, AuditError};
+use trustgate_core::engine::PolicySet;
+use trustgate_core::engine::snapshot::{NamespaceLabels, Snapshot};
 
 /// Objects per page of each list.
 pub(crate) const PAGE_SIZE: u32 = 500;

@@ -22,10 +22,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 use tokio_util::sync::CancellationToken;
-use trustgate::admission::metrics::{self, AdmissionMetrics, SnapshotCollector, TlsMetrics};
-use trustgate::admission::server::{self, Admission, Limits};
-use trustgate::admission::tls::{CertificateFiles, Credentials, Reloader};
-use trustgate::engine::snapshot::{Snapshot, Store};
+use trustgate_admission::metrics::{self, AdmissionMetrics, SnapshotCollector, TlsMetrics};
+use trustgate_admission::server::{self, Admission, Limits};
+use trustgate_admission::tls::{CertificateFiles, Credentials, Reloader};
+use trustgate_core::engine::snapshot::{Snapshot, Store};
 
 /// Generous bound for anything asynchronous on a loaded machine.
 pub const PATIENCE: Duration = Duration::from_secs(20);
@@ -42,8 +42,8 @@ pub fn fixture(name: &str) -> Vec<u8> {
 pub fn snapshot() -> Snapshot {
     let path = fixture_path("policies.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
-    let policies = trustgate::api::manifest::parse_policies(&path.display().to_string(), &text).unwrap();
-    let (policies, errors) = trustgate::engine::PolicySet::compile(&policies);
+    let policies = trustgate_manifest::manifest::parse_policies(&path.display().to_string(), &text).unwrap();
+    let (policies, errors) = trustgate_core::engine::PolicySet::compile(&policies);
     assert!(errors.is_empty(), "{errors:?}");
     Snapshot { policies, namespaces: None }
 }

@@ -1,0 +1,12 @@
+//! The admission shell: `review` (PURE: AdmissionReview/ImageReview in, response out), the HTTPS
+//! server and its connection table, TLS credentials and their reload, the admin port and
+//! metrics. Imports `engine`, `api`.
+
+pub mod admin;
+pub mod body_budget;
+pub mod connections;
+pub mod metrics;
+
+pub mod review;
+pub mod server;
+pub mod tls;
