@@ -458,7 +458,7 @@ mod audit {
             }
         };
         let (report, lines) =
-            tokio::join!(audit::run(&client, &snapshot, 2, time("2026-01-01T00:00:00Z"), false), server);
+            tokio::join!(audit::run(&client, &snapshot, 2, time("2026-01-01T00:00:00Z"), ()), server);
         assert_eq!(
             lines,
             [
@@ -493,7 +493,7 @@ mod audit {
             assert_eq!(request.line(), "GET /apis/apps/v1/deployments?&limit=500");
             send.send_response(status_response(403, "Forbidden"));
         };
-        let (report, ()) = tokio::join!(audit::run(&client, &snapshot, 500, Timestamp::now(), false), server);
+        let (report, ()) = tokio::join!(audit::run(&client, &snapshot, 500, Timestamp::now(), ()), server);
         let error = report.unwrap_err();
         assert_eq!(error.to_string(), "failed to list deployments");
     }
@@ -1001,7 +1001,8 @@ mod source {
 mod policy_reports {
     use super::*;
     use trustgate_core::api::Mode;
-    use trustgate_cluster::policy_report::{Owner, PolicyReports, ReportWriter, Synced};
+    use trustgate_cluster::audit::Owner;
+    use trustgate_cluster::policy_report::{PolicyReports, ReportWriter, Synced};
     use trustgate_core::engine::{Violation, ViolationKind};
 
     const LIST: &str = "GET /apis/wgpolicyk8s.io/v1alpha2/policyreports?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dtrustgate&limit=500";

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 use serde_json::Value;
 use trustgate_admission::review::{AdmissionRequest, ImageRequest, Outcome};
 use trustgate_manifest::manifest::{self, DocumentText, ManifestError, ObjectReader, Position};
-use trustgate::cli::check::CheckReader;
+use trustgate_manifest::workloads::WorkloadReader;
 use trustgate_core::reference::Reference;
 use trustgate_core::engine::{PolicySet, Snapshot, Verdict};
 
@@ -102,7 +102,7 @@ impl From<ManifestError> for Stop {
 
 /// Every item of a read (as debug text, with its document) and the error that ended it.
 fn read(text: &str, threads: usize, batch: usize) -> (Vec<(usize, String)>, Result<(), Stop>) {
-    let reader = CheckReader { locate: true };
+    let reader = WorkloadReader { locate: true };
     let mut items = Vec::new();
     let end = manifest::read_stream("fuzz.yaml", text, &reader, threads, batch, &mut |p: Position<'_>, item| {
         items.push((p.document, format!("{:?}", item.map_err(|e| e.at(p)))));
@@ -122,7 +122,7 @@ pub fn manifest(data: &[u8]) {
     let parallel = read(text, 2, usize::from(batch) + 1);
     assert_eq!(sequential, parallel, "parallel read with batches of {} bytes", usize::from(batch) + 1);
 
-    let reader = CheckReader { locate: false };
+    let reader = WorkloadReader { locate: false };
     let document = DocumentText { text, first_line: 1 };
     if let Some(shortcut) = reader.read_yaml(document) {
         let documents = manifest::parse("fuzz.yaml", text)

@@ -176,7 +176,7 @@ fn run_check(args: CheckArgs) -> ExitCode {
     }
     let paths = if args.paths.is_empty() { vec![PathBuf::from("-")] } else { args.paths };
     let mut checker = check::Checker::default();
-    let reader = check::CheckReader { locate: args.output == CheckOutput::Sarif };
+    let reader = trustgate_manifest::workloads::WorkloadReader { locate: args.output == CheckOutput::Sarif };
     let read = manifest::read_objects(&paths, &reader, |at, entry| {
         checker.push(at.source, entry.map_err(|e| e.at(at))?);
         Ok::<_, check::CheckError>(())

@@ -295,6 +295,10 @@ fn init_tracing(
     (guard, dropped)
 }
 
+/// Tries of the first policy-file load before `serve` gives up (each takes at least the file
+/// source's 20 ms settle window).
+const FIRST_LOAD_ATTEMPTS: u32 = 50;
+
 /// The listen backlog of the admission port: a burst of connections waits here for the accept
 /// loop (which never blocks) instead of being dropped and retried by the clients' SYN timers.
 /// The kernel caps it at `net.core.somaxconn` (4096 by default since Linux 5.4).
@@ -339,10 +343,11 @@ async fn serve(
         PolicySource::File => {
             let path = args.policy_file.clone().expect("the file source has a path");
             let mut source = FileSource::new(path, SourceMetrics::register(&mut registry));
+            // A file being written while serve starts is read again (each try waits out the
+            // source's settle window); files that never stop changing are an error, exit 2.
             let snapshot = source
-                .poll()
-                .with_context(|| format!("cannot load policies from {}", source.path().display()))?
-                .expect("the first poll of a file source always loads");
+                .first_load(FIRST_LOAD_ATTEMPTS)
+                .with_context(|| format!("cannot load policies from {}", source.path().display()))?;
             file_source::log_loaded(source.path(), &snapshot);
             store.publish(snapshot);
             tokio::spawn(source.run(store.clone(), args.policy_reload_interval, shutdown.clone()));

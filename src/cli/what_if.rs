@@ -19,8 +19,7 @@ use trustgate_cluster::audit::{self, AuditError};
 use trustgate_core::engine::PolicySet;
 use trustgate_core::engine::snapshot::{NamespaceLabels, Snapshot};
 
-/// Objects per page of each list.
-pub(crate) const PAGE_SIZE: u32 = 500;
+use trustgate_cluster::pager::PAGE_SIZE;
 
 /// Which cluster, and which part of it.
 #[derive(Debug, Clone, Default)]
@@ -97,7 +96,7 @@ async fn namespace_labels(client: &Client, only: Option<&str>) -> Result<Option<
         },
         None => {
             let listed =
-                audit::each_page(&api, ListParams::default().limit(PAGE_SIZE), |page| page.iter().for_each(&mut add));
+                trustgate_cluster::pager::each_page(&api, ListParams::default().limit(PAGE_SIZE), |page| page.iter().for_each(&mut add));
             match listed.await {
                 Ok(()) => {}
                 Err(e) if forbidden(&e) => return Ok(None),
@@ -171,7 +170,7 @@ pub async fn check_client(
                         &workload,
                         &snapshot.namespace(ns),
                         source.to_owned(),
-                        crate::cli::check::Lines::default(),
+                        trustgate_manifest::workloads::Lines::default(),
                         now,
                     );
                 }

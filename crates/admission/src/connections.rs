@@ -134,7 +134,7 @@ struct Entry {
 
 /// What the table decided about a new connection.
 #[derive(Debug)]
-pub enum Admission {
+pub enum Arrival {
     /// Serve it; `shed` names the connection that was closed to make room, if any.
     Admitted { slot: Slot, shed: Option<Shed> },
     /// Close it at once.
@@ -152,15 +152,15 @@ impl ConnectionTable {
     }
 
     /// Decides about a connection just accepted from `source`.
-    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Admission {
+    pub fn admit(self: &Arc<Self>, source: IpAddr) -> Arrival {
         let mut state = self.state.lock().expect("the connection table lock is never poisoned");
         if state.per_source.get(&source).copied().unwrap_or(0) >= self.max_per_source {
-            return Admission::Refused(Refusal::PerSourceLimit);
+            return Arrival::Refused(Refusal::PerSourceLimit);
         }
         let mut shed = None;
         if state.live >= self.max_total {
             let Some((victim, reason)) = state.victim() else {
-                return Admission::Refused(Refusal::GlobalLimit);
+                return Arrival::Refused(Refusal::GlobalLimit);
             };
             state.uncount(victim);
             if let Some(entry) = state.entries.get(&victim) {
@@ -174,10 +174,11 @@ impl ConnectionTable {
         state.entries.insert(id, Entry { source, opened: Instant::now(), activity: None, shed: token.clone() });
         state.live += 1;
         *state.per_source.entry(source).or_insert(0) += 1;
-        Admission::Admitted { slot: Slot { table: self.clone(), id, shed: token }, shed }
+        Arrival::Admitted { slot: Slot { table: self.clone(), id, shed: token }, shed }
     }
 
     /// Connections counted against the limits now.
+    #[cfg(test)]
     pub fn live(&self) -> usize {
         self.state.lock().expect("the connection table lock is never poisoned").live
     }
@@ -266,10 +267,10 @@ mod tests {
         IpAddr::from([10, 0, 0, last])
     }
 
-    fn admitted(admission: Admission) -> (Slot, Option<Shed>) {
-        match admission {
-            Admission::Admitted { slot, shed } => (slot, shed),
-            Admission::Refused(reason) => panic!("refused: {reason:?}"),
+    fn admitted(arrival: Arrival) -> (Slot, Option<Shed>) {
+        match arrival {
+            Arrival::Admitted { slot, shed } => (slot, shed),
+            Arrival::Refused(reason) => panic!("refused: {reason:?}"),
         }
     }
 
@@ -278,7 +279,7 @@ mod tests {
         let table = ConnectionTable::new(10, 2);
         let _a = admitted(table.admit(ip(1)));
         let b = admitted(table.admit(ip(1)));
-        assert!(matches!(table.admit(ip(1)), Admission::Refused(Refusal::PerSourceLimit)));
+        assert!(matches!(table.admit(ip(1)), Arrival::Refused(Refusal::PerSourceLimit)));
         let (_c, shed) = admitted(table.admit(ip(2)));
         assert_eq!(shed, None);
         drop(b);
@@ -325,7 +326,7 @@ mod tests {
         let also_busy = Activity::new();
         c.established(also_busy.clone());
         let _other_request = also_busy.begin();
-        assert!(matches!(table.admit(ip(4)), Admission::Refused(Refusal::GlobalLimit)));
+        assert!(matches!(table.admit(ip(4)), Arrival::Refused(Refusal::GlobalLimit)));
         // A shed connection is counted once, not again when its task ends.
         drop(idle);
         assert_eq!(table.live(), 2);

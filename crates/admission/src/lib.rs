@@ -4,7 +4,7 @@
 
 pub mod admin;
 pub mod body_budget;
-pub mod connections;
+mod connections;
 pub mod metrics;
 
 pub mod review;

@@ -217,12 +217,12 @@ impl AdmissionMetrics {
     }
 
     /// Counts a connection closed as soon as it was accepted.
-    pub fn connection_refused(&self, reason: Refusal) {
+    pub(crate) fn connection_refused(&self, reason: Refusal) {
         self.refused.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
     }
 
     /// Counts an open connection closed early.
-    pub fn connection_shed(&self, reason: Shed) {
+    pub(crate) fn connection_shed(&self, reason: Shed) {
         self.shed.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
     }
 

@@ -531,13 +531,13 @@ pub async fn serve(
             },
         };
         let slot = match table.admit(peer.ip()) {
-            connections::Admission::Admitted { slot, shed } => {
+            connections::Arrival::Admitted { slot, shed } => {
                 if let Some(reason) = shed {
                     admission.metrics.connection_shed(reason);
                 }
                 slot
             }
-            connections::Admission::Refused(reason) => {
+            connections::Arrival::Refused(reason) => {
                 // Debug only: a flood must not turn into a flood of log lines.
                 tracing::debug!(%peer, reason = reason.as_str(), "connection refused");
                 admission.metrics.connection_refused(reason);

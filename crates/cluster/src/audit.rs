@@ -8,8 +8,9 @@
 //! [`top_level`] is that roll-up and [`list_workloads`] the paging through the API server; both
 //! are shared with `trustgate check --cluster`, so the what-if sees exactly what the audit sees.
 //! [`Audit`] is the pure aggregation; [`run`] drives it (bounded memory: one page, at most
-//! [`MAX_SAMPLES`] samples per policy and, with PolicyReports on, at most
-//! [`policy_report::MAX_RESULTS`] results per namespace are held at a time).
+//! [`MAX_SAMPLES`] samples per policy are held at a time, plus what its [`Sink`] keeps: the
+//! PolicyReports of `policy_report` hold at most their `MAX_RESULTS` results per namespace).
+//! The audit knows the policy status it computes; other formats are sinks it feeds.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -21,8 +22,9 @@ use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 
 use trustgate_core::api::{AuditSample, AuditStatus};
-use crate::policy_report::{self, PolicyReports};
+use crate::pager::each_page;
 use trustgate_core::engine::snapshot::Snapshot;
+use trustgate_core::engine::Violation;
 use trustgate_core::workload::{ContainerList, Workload};
 
 /// At most this many samples are kept per policy.
@@ -78,7 +80,7 @@ fn is_audited_controller(owner: &OwnerReference) -> bool {
 /// Why one object could not be evaluated.
 #[derive(Debug, thiserror::Error)]
 #[error("{kind} {namespace}/{name} has no readable pod spec")]
-pub struct UnreadableObject {
+pub struct UnreadableWorkload {
     pub kind: String,
     pub namespace: String,
     pub name: String,
@@ -94,14 +96,14 @@ pub fn top_level<'a>(
     kind: &str,
     metadata: &'a ObjectMeta,
     object: &'a serde_json::Value,
-) -> Result<Option<Workload<'a>>, UnreadableObject> {
+) -> Result<Option<Workload<'a>>, UnreadableWorkload> {
     let owned = metadata.owner_references.iter().flatten().any(is_audited_controller);
     if owned && kind != "Pod" {
         return Ok(None);
     }
     let namespace = metadata.namespace.as_deref().unwrap_or_default();
     let name = metadata.name.as_deref().unwrap_or_default();
-    let mut workload = Workload::read(Some(kind), object).map_err(|source| UnreadableObject {
+    let mut workload = Workload::read(Some(kind), object).map_err(|source| UnreadableWorkload {
         kind: kind.to_owned(),
         namespace: namespace.to_owned(),
         name: name.to_owned(),
@@ -126,13 +128,44 @@ struct Findings {
     samples: BTreeMap<(String, String, String, String), AuditSample>,
 }
 
+/// An audited object, as reports that point at objects name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Owner<'a> {
+    pub api_version: String,
+    pub kind: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub uid: &'a str,
+}
+
+/// Where else an audit sends what it finds, object by object (PolicyReports); the policy
+/// status is the audit's own.
+pub trait Sink {
+    /// The violations of one evaluated top-level object (none: it passed).
+    fn record(&mut self, owner: &Owner<'_>, violations: &[Violation]);
+}
+
+/// No other sink.
+impl Sink for () {
+    fn record(&mut self, _: &Owner<'_>, _: &[Violation]) {}
+}
+
+/// A sink that is there or not.
+impl<S: Sink> Sink for Option<S> {
+    fn record(&mut self, owner: &Owner<'_>, violations: &[Violation]) {
+        if let Some(sink) = self {
+            sink.record(owner, violations);
+        }
+    }
+}
+
 /// Violations found so far, per policy.
 #[derive(Debug)]
-pub struct Audit {
+pub struct Audit<S = ()> {
     now: Timestamp,
     findings: BTreeMap<Arc<str>, Findings>,
     evaluated: u64,
-    reports: Option<PolicyReports>,
+    sink: S,
 }
 
 impl Audit {
@@ -140,13 +173,14 @@ impl Audit {
     pub fn new(snapshot: &Snapshot, now: Timestamp) -> Self {
         let findings =
             snapshot.policies.policies().iter().map(|p| (Arc::from(p.name()), Findings::default())).collect();
-        Audit { now, findings, evaluated: 0, reports: None }
+        Audit { now, findings, evaluated: 0, sink: () }
     }
+}
 
-    /// Also collects PolicyReport results (see [`policy_report`]).
-    pub fn with_policy_reports(mut self) -> Self {
-        self.reports = Some(PolicyReports::default());
-        self
+impl<S: Sink> Audit<S> {
+    /// Also feeds every evaluated object to `sink`.
+    pub fn with_sink<T: Sink>(self, sink: T) -> Audit<T> {
+        Audit { now: self.now, findings: self.findings, evaluated: self.evaluated, sink }
     }
 
     /// Evaluates one listed object of `kind`; `object` is its JSON (metadata may be absent
@@ -157,7 +191,7 @@ impl Audit {
         kind: &str,
         metadata: &ObjectMeta,
         object: &serde_json::Value,
-    ) -> Result<(), UnreadableObject> {
+    ) -> Result<(), UnreadableWorkload> {
         let Some(workload) = top_level(kind, metadata, object)? else {
             return Ok(());
         };
@@ -165,17 +199,15 @@ impl Audit {
         let name = metadata.name.as_deref().unwrap_or_default();
         self.evaluated += 1;
         let decision = snapshot.policies.evaluate(&snapshot.namespace(namespace), &workload.containers, self.now);
-        if let Some(reports) = &mut self.reports {
-            let api_version = AUDITED_KINDS.iter().find(|k| k.kind == kind).map(AuditedKind::api_version);
-            let owner = policy_report::Owner {
-                api_version: api_version.unwrap_or_default(),
-                kind,
-                namespace,
-                name,
-                uid: metadata.uid.as_deref().unwrap_or_default(),
-            };
-            reports.record(&owner, &decision.violations);
-        }
+        let api_version = AUDITED_KINDS.iter().find(|k| k.kind == kind).map(AuditedKind::api_version);
+        let owner = Owner {
+            api_version: api_version.unwrap_or_default(),
+            kind,
+            namespace,
+            name,
+            uid: metadata.uid.as_deref().unwrap_or_default(),
+        };
+        self.sink.record(&owner, &decision.violations);
         let mut counted: Vec<&str> = Vec::new();
         for v in &decision.violations {
             if counted.contains(&&*v.policy) {
@@ -212,8 +244,8 @@ impl Audit {
         self.evaluated
     }
 
-    /// The audit status of every policy, and the PolicyReports if they were collected.
-    pub fn finish(self, last_run: Time) -> (BTreeMap<String, AuditStatus>, Option<PolicyReports>) {
+    /// The audit status of every policy, and the sink.
+    pub fn finish(self, last_run: Time) -> (BTreeMap<String, AuditStatus>, S) {
         let statuses = self
             .findings
             .into_iter()
@@ -226,7 +258,7 @@ impl Audit {
                 (policy.to_string(), status)
             })
             .collect();
-        (statuses, self.reports)
+        (statuses, self.sink)
     }
 }
 
@@ -243,32 +275,15 @@ pub enum AuditError {
 
 /// What a run found.
 #[derive(Debug)]
-pub struct AuditReport {
+pub struct AuditReport<S> {
     pub statuses: BTreeMap<String, AuditStatus>,
-    /// The PolicyReport results, when asked for.
-    pub policy_reports: Option<PolicyReports>,
+    /// The sink the run fed, with what it kept.
+    pub sink: S,
     /// Objects listed, per kind.
     pub listed: BTreeMap<&'static str, u64>,
     pub evaluated: u64,
     /// Objects that could not be read, skipped.
     pub unreadable: u64,
-}
-
-/// Lists every object of `api`, `params.limit` at a time, handing each page's objects to
-/// `visit` (one page is held at a time).
-pub async fn each_page(
-    api: &Api<DynamicObject>,
-    mut params: ListParams,
-    mut visit: impl FnMut(&[DynamicObject]),
-) -> Result<(), kube::Error> {
-    loop {
-        let page = api.list(&params).await?;
-        visit(&page.items);
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(()),
-        }
-    }
 }
 
 /// Lists every audited kind, cluster-wide or in `namespace` only, `page_size` objects at a
@@ -298,20 +313,16 @@ pub async fn list_workloads(
     Ok(listed)
 }
 
-/// Lists every audited kind cluster-wide, `page_size` objects at a time, and evaluates each;
-/// with `policy_reports`, also collects the PolicyReport results.
-/// A failed list fails the run: a partial count would read as a real one.
-pub async fn run(
+/// Lists every audited kind cluster-wide, `page_size` objects at a time, and evaluates each,
+/// feeding `sink` too. A failed list fails the run: a partial count would read as a real one.
+pub async fn run<S: Sink>(
     client: &Client,
     snapshot: &Snapshot,
     page_size: u32,
     now: Timestamp,
-    policy_reports: bool,
-) -> Result<AuditReport, AuditError> {
-    let mut audit = Audit::new(snapshot, now);
-    if policy_reports {
-        audit = audit.with_policy_reports();
-    }
+    sink: S,
+) -> Result<AuditReport<S>, AuditError> {
+    let mut audit = Audit::new(snapshot, now).with_sink(sink);
     let mut unreadable = 0;
     let listed = list_workloads(client, None, page_size, |kind, page| {
         for object in page {
@@ -324,8 +335,8 @@ pub async fn run(
     .await?;
     let evaluated = audit.evaluated();
     let last_run = Time(Timestamp::from_second(now.as_second()).unwrap_or(now));
-    let (statuses, policy_reports) = audit.finish(last_run);
-    Ok(AuditReport { statuses, policy_reports, listed, evaluated, unreadable })
+    let (statuses, sink) = audit.finish(last_run);
+    Ok(AuditReport { statuses, sink, listed, evaluated, unreadable })
 }
 
 #[cfg(test)]

@@ -37,6 +37,8 @@ pub enum SourceError {
     Empty { file: String },
     #[error("policy {name:?} is defined twice: in {first} and in {second}")]
     Duplicate { name: String, first: String, second: String },
+    #[error("the policy files under {path} changed every time they were read ({attempts} tries): is something still writing them?")]
+    Unsettled { path: String, attempts: u32 },
 }
 
 /// Policies read from files.
@@ -52,8 +54,22 @@ impl FileSource {
         FileSource { path, seen: None, metrics }
     }
 
+    /// The first load, at start-up: [`FileSource::poll`] until the files read the same twice
+    /// in a row, at most `attempts` times. Blocking file I/O.
+    pub fn first_load(&mut self, attempts: u32) -> Result<Snapshot, SourceError> {
+        for _ in 0..attempts {
+            // The first poll has nothing to compare with: `None` means the files changed while
+            // they were read.
+            if let Some(snapshot) = self.poll()? {
+                return Ok(snapshot);
+            }
+            self.seen = None;
+        }
+        Err(SourceError::Unsettled { path: self.path.display().to_string(), attempts })
+    }
+
     /// Reads the files and, if they changed since the last call, compiles them. `Ok(None)`: no
-    /// change. Blocking file I/O.
+    /// change, or a change still being written. Blocking file I/O.
     pub fn poll(&mut self) -> Result<Option<Snapshot>, SourceError> {
         let files = self.read()?;
         let hash = hash_of(&files);
@@ -248,6 +264,35 @@ mod tests {
         assert!(text.contains(r#"trustgate_policy_source_reloads_total{result="error"} 1"#), "{text}");
         assert!(text.contains(r#"trustgate_policy_source_reloads_total{result="success"} 1"#), "{text}");
         assert!(text.contains("trustgate_policy_source_healthy 0"), "{text}");
+    }
+
+    #[test]
+    fn the_first_load_waits_for_files_that_stop_changing_and_gives_up_on_files_that_never_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        std::fs::write(&file, policy("a", "Enforce")).unwrap();
+        let mut source = FileSource::new(dir.path().to_owned(), SourceMetrics::default());
+        assert_eq!(names(&source.first_load(3).unwrap()), ["a"]);
+
+        // A writer that never stops: every read sees other contents.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let writer = {
+            let (stop, file) = (stop.clone(), file.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    n += 1;
+                    std::fs::write(&file, policy(&format!("p{n}"), "Enforce")).unwrap();
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            })
+        };
+        let mut source = FileSource::new(dir.path().to_owned(), SourceMetrics::default());
+        let error = source.first_load(3).unwrap_err();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        writer.join().unwrap();
+        assert!(matches!(error, SourceError::Unsettled { attempts: 3, .. }), "{error}");
+        assert!(error.to_string().contains("changed every time they were read (3 tries)"), "{error}");
     }
 
     fn names(snapshot: &Snapshot) -> Vec<&str> {

@@ -36,9 +36,20 @@ use trustgate_core::engine::{CompiledPolicy, PolicySet};
 pub struct PolicyObject {
     pub metadata: ObjectMeta,
     /// The spec, or why it does not deserialize.
-    pub spec: Result<TrustedRegistryPolicySpec, String>,
+    pub spec: Result<TrustedRegistryPolicySpec, SpecError>,
     /// `None` when absent, or when it does not deserialize (it is then rewritten).
     pub status: Option<TrustedRegistryPolicyStatus>,
+}
+
+/// Why a watched policy's spec cannot be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("spec is missing")]
+    Missing,
+    /// The deserializer's message (kept as text: the index compares specs, errors included, to
+    /// skip recompiling, and `serde_json::Error` is neither `Clone` nor `PartialEq`).
+    #[error("spec does not match the schema: {0}")]
+    Schema(String),
 }
 
 impl<'de> Deserialize<'de> for PolicyObject {
@@ -54,8 +65,8 @@ impl<'de> Deserialize<'de> for PolicyObject {
         }
         let raw = Raw::deserialize(deserializer)?;
         let spec = match raw.spec {
-            None | Some(serde_json::Value::Null) => Err("spec is missing".to_owned()),
-            Some(spec) => serde_json::from_value(spec).map_err(|e| format!("spec does not match the schema: {e}")),
+            None | Some(serde_json::Value::Null) => Err(SpecError::Missing),
+            Some(spec) => serde_json::from_value(spec).map_err(|e| SpecError::Schema(e.to_string())),
         };
         let status = raw.status.and_then(|s| serde_json::from_value(s).ok());
         Ok(PolicyObject { metadata: raw.metadata, spec, status })
@@ -102,7 +113,7 @@ pub struct PolicyEntry {
     /// The compiled policy, or the message that says why it is not enforced.
     pub compiled: Result<Arc<CompiledPolicy>, String>,
     /// What was compiled, to skip recompiling when only metadata or status changed.
-    spec: Result<TrustedRegistryPolicySpec, String>,
+    spec: Result<TrustedRegistryPolicySpec, SpecError>,
 }
 
 impl PolicyEntry {
@@ -487,7 +498,7 @@ mod tests {
         assert_eq!(status.conditions[0].reason, "Accepted");
 
         let no_spec: PolicyObject = serde_json::from_value(json!({"metadata": {"name": "y"}})).unwrap();
-        assert_eq!(no_spec.spec.unwrap_err(), "spec is missing");
+        assert_eq!(no_spec.spec.unwrap_err(), SpecError::Missing);
         let bad_status: PolicyObject = serde_json::from_value(json!({"metadata": {"name": "z"},
             "spec": {"trustedRegistries": ["quay.io"]}, "status": {"conditions": "nope"}}))
         .unwrap();

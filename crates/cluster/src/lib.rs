@@ -6,6 +6,11 @@ pub mod audit;
 pub mod file_source;
 pub mod index;
 pub mod lease;
+pub mod pager;
 pub mod policy_report;
 pub mod status;
 pub mod watch;
+
+/// How trustgate names itself to the API server: the field manager of every write, the
+/// `app.kubernetes.io/managed-by` value and the result `source` of its PolicyReports.
+pub const MANAGER: &str = "trustgate";

@@ -21,15 +21,15 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use trustgate_core::api::Mode;
-use crate::audit::each_page;
+use crate::audit::{Owner, Sink};
+use crate::MANAGER;
+use crate::pager::{PAGE_SIZE, each_page};
 use trustgate_core::engine::Violation;
 
 /// The name of trustgate's report in each namespace.
 pub(crate) const REPORT_NAME: &str = "trustgate";
 /// The label that marks trustgate's reports; stale ones are found by it.
 pub(crate) const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-/// The value of [`MANAGED_BY_LABEL`], and the `source` of every result.
-pub(crate) const SOURCE: &str = "trustgate";
 /// At most this many results per report.
 pub(crate) const MAX_RESULTS: usize = 200;
 
@@ -39,16 +39,6 @@ pub(crate) fn api_resource() -> ApiResource {
         &GroupVersionKind::gvk("wgpolicyk8s.io", "v1alpha2", "PolicyReport"),
         "policyreports",
     )
-}
-
-/// The top-level owner a result is about.
-#[derive(Debug, Clone)]
-pub struct Owner<'a> {
-    pub api_version: String,
-    pub kind: &'a str,
-    pub namespace: &'a str,
-    pub name: &'a str,
-    pub uid: &'a str,
 }
 
 /// One `results[]` entry.
@@ -105,6 +95,12 @@ fn result_and_severity(mode: Mode) -> (&'static str, &'static str) {
     }
 }
 
+impl Sink for PolicyReports {
+    fn record(&mut self, owner: &Owner<'_>, violations: &[Violation]) {
+        PolicyReports::record(self, owner, violations);
+    }
+}
+
 impl PolicyReports {
     /// Records the violations of one top-level owner (none: nothing is recorded).
     pub fn record(&mut self, owner: &Owner<'_>, violations: &[Violation]) {
@@ -136,7 +132,7 @@ impl PolicyReports {
             ns.results.insert(
                 key,
                 ReportResult {
-                    source: SOURCE,
+                    source: MANAGER,
                     policy: policy.to_owned(),
                     rule,
                     result,
@@ -178,7 +174,7 @@ impl PolicyReports {
                     "summary": {"pass": 0, "fail": ns.fail, "warn": ns.warn, "error": 0, "skip": 0},
                     "results": results,
                 }));
-                object.metadata.labels = Some(BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), SOURCE.to_owned())]));
+                object.metadata.labels = Some(BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned())]));
                 (namespace, object)
             })
             .collect()
@@ -216,7 +212,7 @@ pub enum PolicyReportError {
     /// The `policyreports.wgpolicyk8s.io` CRD is not installed.
     #[error("the PolicyReport CRD (policyreports.wgpolicyk8s.io/v1alpha2) is not installed")]
     CrdMissing,
-    #[error("failed to list the PolicyReports labelled {MANAGED_BY_LABEL}={SOURCE}")]
+    #[error("failed to list the PolicyReports labelled {MANAGED_BY_LABEL}={MANAGER}")]
     List(#[source] kube::Error),
 }
 
@@ -260,12 +256,12 @@ impl ReportWriter {
         let resource = api_resource();
         let all: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
         let mut existing = Vec::new();
-        let params = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={SOURCE}")).limit(500);
+        let params = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}")).limit(PAGE_SIZE);
         each_page(&all, params, |page| existing.extend_from_slice(page)).await.map_err(|e| match e {
             kube::Error::Api(s) if s.code == 404 => PolicyReportError::CrdMissing,
             e => PolicyReportError::List(e),
         })?;
-        let post = PostParams { field_manager: Some(SOURCE.to_owned()), ..PostParams::default() };
+        let post = PostParams { field_manager: Some(MANAGER.to_owned()), ..PostParams::default() };
         let mut synced = Synced::default();
         for old in existing {
             let (Some(namespace), Some(name)) = (old.metadata.namespace.clone(), old.metadata.name.clone()) else {

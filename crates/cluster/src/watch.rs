@@ -34,16 +34,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::audit;
+use crate::MANAGER;
+use crate::pager::PAGE_SIZE;
 use crate::index::{Index, PolicyEntry, PolicyObject};
 use crate::lease::{Elector, LeaseConfig};
-use crate::policy_report::ReportWriter;
+use crate::policy_report::{PolicyReports, ReportWriter};
 use crate::status::{self, ReadyStatus};
 use trustgate_core::engine::snapshot::Store;
 
-/// The field manager of every write.
-pub(crate) const FIELD_MANAGER: &str = "trustgate";
-/// Objects per page of an audit list.
-pub(crate) const AUDIT_PAGE_SIZE: u32 = 500;
 /// How often the status writer retries writes that failed.
 const STATUS_RESYNC: Duration = Duration::from_secs(30);
 /// How long one status write may take: a write to an API server that stopped answering must
@@ -414,7 +412,7 @@ async fn status_loop(
     metrics: WatchMetrics,
     shutdown: CancellationToken,
 ) {
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+    let params = PatchParams { field_manager: Some(MANAGER.to_owned()), ..PatchParams::default() };
     // What we wrote, keyed by policy, with the resourceVersion we had read before writing: until
     // the watch brings a newer object, what we wrote is the better idea of the current status.
     let mut written: HashMap<String, (Option<String>, ReadyStatus)> = HashMap::new();
@@ -478,7 +476,7 @@ async fn audit_loop(
     let interval = config.audit_interval;
     let mut report_writer = config.policy_reports.then(|| ReportWriter::new(client.clone()));
     let api: Api<PolicyObject> = Api::all(client.clone());
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER.to_owned()), ..PatchParams::default() };
+    let params = PatchParams { field_manager: Some(MANAGER.to_owned()), ..PatchParams::default() };
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -503,7 +501,8 @@ async fn audit_loop(
                 }
             };
             let started = std::time::Instant::now();
-            let run = audit::run(&client, &snapshot, AUDIT_PAGE_SIZE, Timestamp::now(), report_writer.is_some());
+            let sink = report_writer.is_some().then(PolicyReports::default);
+            let run = audit::run(&client, &snapshot, PAGE_SIZE, Timestamp::now(), sink);
             let report = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = leader.wait_for(|l| !*l) => break,
@@ -536,7 +535,7 @@ async fn audit_loop(
                     Err(error) => warn!(%policy, %error, "failed to write audit status"),
                 }
             }
-            if let (Some(writer), Some(reports)) = (report_writer.as_mut(), report.policy_reports) {
+            if let (Some(writer), Some(reports)) = (report_writer.as_mut(), report.sink) {
                 if !*leader.borrow() {
                     break;
                 }

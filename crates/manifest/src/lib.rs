@@ -1,7 +1,12 @@
 //! Reading Kubernetes manifests as `kubectl apply -f` would: files and directories, YAML
 //! (multi-document, Helm output) and JSON, `List` objects, with errors that name the file and
 //! line. Imports `trustgate-core`; no async runtime (it reads on every core with threads).
+//!
+//! `manifest` walks paths and parses documents; `workloads` reads each object's pod spec. The
+//! document cutter (`stream`) and the block-YAML shortcut (`block_yaml`) are internal: the
+//! shortcut is only reachable through `workloads`, behind its `List` and `Namespace` guard.
 
-pub mod block_yaml;
+mod block_yaml;
 pub mod manifest;
-pub mod stream;
+mod stream;
+pub mod workloads;
