@@ -27,6 +27,7 @@ COPY Cargo.toml Cargo.lock ./
 # benches/ is declared in Cargo.toml: cargo reads every declared target's path.
 COPY benches ./benches
 COPY src ./src
+COPY crates ./crates
 # One cache per architecture: the platforms build in parallel and their host artifacts
 # (build scripts, proc macros) differ.
 RUN --mount=type=cache,id=cargo-registry-${TARGETARCH},target=/usr/local/cargo/registry \

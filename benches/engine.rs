@@ -7,10 +7,10 @@ use std::hint::black_box;
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use serde_json::{Value, json};
 use trustgate_core::api::TrustedRegistryPolicy;
-use trustgate_manifest::manifest;
+use trustgate_core::engine::{Namespace, PolicySet};
 use trustgate_core::reference::Reference;
 use trustgate_core::workload::Workload;
-use trustgate_core::engine::{Namespace, PolicySet};
+use trustgate_manifest::manifest;
 
 fn policies(n: usize) -> PolicySet {
     let policies: Vec<TrustedRegistryPolicy> = (0..n)

@@ -404,8 +404,8 @@ mod lease {
 
 mod audit {
     use super::*;
-    use trustgate_core::api::TrustedRegistryPolicy;
     use trustgate_cluster::audit;
+    use trustgate_core::api::TrustedRegistryPolicy;
     use trustgate_core::engine::PolicySet;
     use trustgate_core::engine::snapshot::Snapshot;
 
@@ -457,8 +457,7 @@ mod audit {
                 }
             }
         };
-        let (report, lines) =
-            tokio::join!(audit::run(&client, &snapshot, 2, time("2026-01-01T00:00:00Z"), ()), server);
+        let (report, lines) = tokio::join!(audit::run(&client, &snapshot, 2, time("2026-01-01T00:00:00Z"), ()), server);
         assert_eq!(
             lines,
             [
@@ -1000,9 +999,9 @@ mod source {
 /// when the CRD is missing.
 mod policy_reports {
     use super::*;
-    use trustgate_core::api::Mode;
     use trustgate_cluster::audit::Owner;
     use trustgate_cluster::policy_report::{PolicyReports, ReportWriter, Synced};
+    use trustgate_core::api::Mode;
     use trustgate_core::engine::{Violation, ViolationKind};
 
     const LIST: &str = "GET /apis/wgpolicyk8s.io/v1alpha2/policyreports?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dtrustgate&limit=500";

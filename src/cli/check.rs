@@ -5,10 +5,10 @@ use std::collections::{BTreeMap, HashMap};
 use jiff::Timestamp;
 use serde::Serialize;
 
+use trustgate_core::engine::{Namespace, PolicySet, Subject, Verdict, Violation};
+use trustgate_core::workload::Workload;
 use trustgate_manifest::manifest::{Document, ObjectReader, Position};
 use trustgate_manifest::workloads::{Entry, Lines, UnreadableObject, WorkloadReader};
-use trustgate_core::workload::Workload;
-use trustgate_core::engine::{Namespace, PolicySet, Subject, Verdict, Violation};
 
 /// The JSON document `check --output json` prints.
 #[derive(Debug, Serialize, PartialEq, Eq, Default)]

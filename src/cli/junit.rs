@@ -7,8 +7,8 @@
 
 use std::fmt::Write as _;
 
-use trustgate_core::api::Mode;
 use crate::cli::check::{ObjectReport, Report};
+use trustgate_core::api::Mode;
 use trustgate_core::engine::Verdict;
 
 /// The JUnit XML document of a report.

@@ -16,11 +16,11 @@ use anstyle::{AnsiColor, Style};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use trustgate_core::api::Mode;
-use trustgate_manifest::manifest;
-use trustgate_core::reference::Reference;
-use trustgate_core::engine::{PolicySet, Verdict};
 use check::Report;
+use trustgate_core::api::Mode;
+use trustgate_core::engine::{PolicySet, Verdict};
+use trustgate_core::reference::Reference;
+use trustgate_manifest::manifest;
 
 /// Exit code: an Enforce policy was violated, or a reference is invalid.
 const EXIT_VIOLATION: u8 = 1;

@@ -9,8 +9,8 @@ use std::fmt::Write as _;
 
 use serde_json::{Value, json};
 
-use trustgate_core::api::Mode;
 use crate::cli::check::Report;
+use trustgate_core::api::Mode;
 use trustgate_core::engine::ViolationKind;
 
 /// The `uriBaseId` of every location: the directory `check` ran in.

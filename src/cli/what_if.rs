@@ -95,8 +95,9 @@ async fn namespace_labels(client: &Client, only: Option<&str>) -> Result<Option<
             Err(e) => return Err(WhatIfError::Namespace(ns.to_owned(), e)),
         },
         None => {
-            let listed =
-                trustgate_cluster::pager::each_page(&api, ListParams::default().limit(PAGE_SIZE), |page| page.iter().for_each(&mut add));
+            let listed = trustgate_cluster::pager::each_page(&api, ListParams::default().limit(PAGE_SIZE), |page| {
+                page.iter().for_each(&mut add)
+            });
             match listed.await {
                 Ok(()) => {}
                 Err(e) if forbidden(&e) => return Ok(None),

@@ -14,14 +14,16 @@
 //! 100 KB) gets room without waiting for an attacker's request timeout. Waiters are served
 //! round-robin by address, first come first served within one address.
 
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-use crate::metrics::BodyBudgetMetrics;
 
 /// Default of `--max-body-bytes-in-flight`.
 pub const DEFAULT_GLOBAL: usize = 64 * 1024 * 1024;
@@ -374,6 +376,33 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.budget.release(self.source, self.id);
+    }
+}
+
+/// The request-body memory budget's metrics (`trustgate_admission_body_*`).
+#[derive(Clone, Debug, Default)]
+pub struct BodyBudgetMetrics {
+    pub(crate) in_flight: Gauge,
+    pub(crate) waits: Counter,
+    pub(crate) refusals: Family<RefusalLabels, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub(crate) struct RefusalLabels {
+    reason: &'static str,
+}
+
+impl BodyBudgetMetrics {
+    pub(crate) fn set_in_flight(&self, bytes: usize) {
+        self.in_flight.set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    }
+
+    pub(crate) fn waited(&self) {
+        self.waits.inc();
+    }
+
+    pub(crate) fn refused(&self, reason: Refusal) {
+        self.refusals.get_or_create(&RefusalLabels { reason: reason.as_str() }).inc();
     }
 }
 

@@ -113,29 +113,7 @@ pub struct AdmissionMetrics {
     connections: Gauge,
     refused: Family<ReasonLabels, Counter>,
     shed: Family<ReasonLabels, Counter>,
-    body_budget: BodyBudgetMetrics,
-}
-
-/// The request-body memory budget's metrics (`trustgate_admission_body_*`).
-#[derive(Clone, Debug, Default)]
-pub struct BodyBudgetMetrics {
-    in_flight: Gauge,
-    waits: Counter,
-    refusals: Family<ReasonLabels, Counter>,
-}
-
-impl BodyBudgetMetrics {
-    pub(crate) fn set_in_flight(&self, bytes: usize) {
-        self.in_flight.set(i64::try_from(bytes).unwrap_or(i64::MAX));
-    }
-
-    pub(crate) fn waited(&self) {
-        self.waits.inc();
-    }
-
-    pub(crate) fn refused(&self, reason: crate::body_budget::Refusal) {
-        self.refusals.get_or_create(&ReasonLabels { reason: reason.as_str() }).inc();
-    }
+    body_budget: crate::body_budget::BodyBudgetMetrics,
 }
 
 impl AdmissionMetrics {
@@ -149,7 +127,7 @@ impl AdmissionMetrics {
             connections: Gauge::default(),
             refused: Family::default(),
             shed: Family::default(),
-            body_budget: BodyBudgetMetrics::default(),
+            body_budget: crate::body_budget::BodyBudgetMetrics::default(),
         };
         registry.register(
             "requests",
@@ -212,7 +190,7 @@ impl AdmissionMetrics {
     }
 
     /// The metrics of the body budget these admission metrics belong with.
-    pub fn body_budget(&self) -> BodyBudgetMetrics {
+    pub fn body_budget(&self) -> crate::body_budget::BodyBudgetMetrics {
         self.body_budget.clone()
     }
 
@@ -375,8 +353,6 @@ impl Collector for LogCollector {
         dropped.encode(metric)
     }
 }
-
-
 
 #[cfg(test)]
 mod tests {

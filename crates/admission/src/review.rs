@@ -17,8 +17,8 @@ use serde_json::value::RawValue;
 use trustgate_core::api::Mode;
 
 use trustgate_core::engine::snapshot::Snapshot;
-use trustgate_core::workload::{Container, ContainerList, FieldPath, PullPolicy, SpecPath, Workload};
 use trustgate_core::engine::{Decision, Subject, Verdict, Violation};
+use trustgate_core::workload::{Container, ContainerList, FieldPath, PullPolicy, SpecPath, Workload};
 
 /// `apiVersion` of the AdmissionReviews trustgate answers.
 pub(crate) const ADMISSION_API_VERSION: &str = "admission.k8s.io/v1";
@@ -483,8 +483,8 @@ struct ImageReviewStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trustgate_core::engine::PolicySet;
     use serde_json::{Value, json};
+    use trustgate_core::engine::PolicySet;
 
     const POLICIES: &str = r#"
 apiVersion: trustgate.dev/v1alpha1

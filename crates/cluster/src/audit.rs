@@ -21,10 +21,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference,
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 
-use trustgate_core::api::{AuditSample, AuditStatus};
 use crate::pager::each_page;
-use trustgate_core::engine::snapshot::Snapshot;
+use trustgate_core::api::{AuditSample, AuditStatus};
 use trustgate_core::engine::Violation;
+use trustgate_core::engine::snapshot::Snapshot;
 use trustgate_core::workload::{ContainerList, Workload};
 
 /// At most this many samples are kept per policy.
@@ -342,10 +342,10 @@ pub async fn run<S: Sink>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
     use trustgate_core::api::TrustedRegistryPolicy;
     use trustgate_core::engine::PolicySet;
     use trustgate_core::engine::snapshot::NamespaceLabels;
-    use serde_json::{Value, json};
 
     fn snapshot(policies: Value) -> Snapshot {
         let policies: Vec<TrustedRegistryPolicy> = serde_json::from_value(policies).unwrap();

@@ -19,10 +19,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use trustgate_manifest::manifest::{self, ManifestError};
 use trustgate_core::api::{Mode, TrustedRegistryPolicy};
 use trustgate_core::engine::snapshot::{Snapshot, Store};
 use trustgate_core::engine::{PolicyError, PolicySet};
+use trustgate_manifest::manifest::{self, ManifestError};
 
 /// Why the policy files could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +37,9 @@ pub enum SourceError {
     Empty { file: String },
     #[error("policy {name:?} is defined twice: in {first} and in {second}")]
     Duplicate { name: String, first: String, second: String },
-    #[error("the policy files under {path} changed every time they were read ({attempts} tries): is something still writing them?")]
+    #[error(
+        "the policy files under {path} changed every time they were read ({attempts} tries): is something still writing them?"
+    )]
     Unsettled { path: String, attempts: u32 },
 }
 
@@ -233,7 +235,6 @@ impl SourceMetrics {
         self.healthy.set(0);
     }
 }
-
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabels {

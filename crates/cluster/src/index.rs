@@ -297,10 +297,10 @@ fn namespace_labels(ns: PartialObjectMeta<Namespace>) -> (String, BTreeMap<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{Value, json};
     use trustgate_core::api::Mode;
     use trustgate_core::engine::Verdict;
     use trustgate_core::workload::Workload;
-    use serde_json::{Value, json};
 
     fn policy(name: &str, generation: i64, spec: Value) -> PolicyObject {
         serde_json::from_value(json!({

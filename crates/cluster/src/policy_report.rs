@@ -20,10 +20,10 @@ use kube::{Api, Client};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use trustgate_core::api::Mode;
-use crate::audit::{Owner, Sink};
 use crate::MANAGER;
+use crate::audit::{Owner, Sink};
 use crate::pager::{PAGE_SIZE, each_page};
+use trustgate_core::api::Mode;
 use trustgate_core::engine::Violation;
 
 /// The name of trustgate's report in each namespace.
@@ -305,8 +305,8 @@ impl ReportWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trustgate_core::engine::ViolationKind;
     use std::sync::Arc;
+    use trustgate_core::engine::ViolationKind;
 
     fn violation(policy: &str, mode: Mode, kind: ViolationKind, container: &str, image: &str) -> Violation {
         Violation {

@@ -8,8 +8,8 @@
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use serde_json::{Value, json};
 
-use trustgate_core::api::{AuditStatus, TrustedRegistryPolicyStatus};
 use crate::index::PolicyEntry;
+use trustgate_core::api::{AuditStatus, TrustedRegistryPolicyStatus};
 
 /// The condition type trustgate owns.
 pub(crate) const READY: &str = "Ready";
@@ -100,8 +100,8 @@ pub(crate) fn audit_patch(audit: &AuditStatus) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use trustgate_core::api::AuditSample;
     use crate::index::PolicyObject;
+    use trustgate_core::api::AuditSample;
 
     fn entry(generation: i64, spec: Value) -> PolicyEntry {
         let object: PolicyObject =

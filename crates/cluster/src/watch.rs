@@ -33,11 +33,11 @@ use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::audit;
 use crate::MANAGER;
-use crate::pager::PAGE_SIZE;
+use crate::audit;
 use crate::index::{Index, PolicyEntry, PolicyObject};
 use crate::lease::{Elector, LeaseConfig};
+use crate::pager::PAGE_SIZE;
 use crate::policy_report::{PolicyReports, ReportWriter};
 use crate::status::{self, ReadyStatus};
 use trustgate_core::engine::snapshot::Store;

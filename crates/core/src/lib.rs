@@ -4,9 +4,9 @@
 //! PURE: no tokio, hyper, kube client, file or network I/O (`.ci/layers.py` checks the
 //! dependency tree). Modules import only those listed before them here.
 
-pub mod reference;
-pub mod pattern;
-pub mod selector;
-pub mod workload;
 pub mod api;
 pub mod engine;
+pub mod pattern;
+pub mod reference;
+pub mod selector;
+pub mod workload;

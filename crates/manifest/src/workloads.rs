@@ -146,7 +146,6 @@ fn namespace_labels(object: &Value) -> Option<(String, BTreeMap<String, String>)
     Some((name.to_owned(), labels))
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,5 +243,4 @@ mod tests {
             assert!(reader.read_yaml(DocumentText { text: doc, first_line: 1 }).is_none(), "{doc:?}");
         }
     }
-
 }

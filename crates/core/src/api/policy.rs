@@ -21,7 +21,13 @@ pub const API_VERSION: &str = "trustgate.dev/v1alpha1";
 /// Which registries a cluster's workloads may pull images from.
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[kube(
-    crates(kube_core = "::kube_core", k8s_openapi = "::k8s_openapi", schemars = "::schemars", serde = "::serde", serde_json = "::serde_json"),
+    crates(
+        kube_core = "::kube_core",
+        k8s_openapi = "::k8s_openapi",
+        schemars = "::schemars",
+        serde = "::serde",
+        serde_json = "::serde_json"
+    ),
     group = "trustgate.dev",
     version = "v1alpha1",
     kind = "TrustedRegistryPolicy",

@@ -8,8 +8,8 @@ use jiff::Timestamp;
 
 use crate::api::{Mode, TrustedRegistryPolicy};
 use crate::engine::decision::Decision;
-use crate::pattern::Pattern;
 use crate::engine::policy::{CompiledPolicy, Image, PolicyError};
+use crate::pattern::Pattern;
 use crate::reference::{self, Reference};
 use crate::selector::Namespace;
 use crate::workload::{Container, Workload};

@@ -4,8 +4,8 @@ use jiff::Timestamp;
 
 use super::*;
 use crate::api::*;
-use crate::workload::Workload;
 use crate::engine::*;
+use crate::workload::Workload;
 use serde_json::{Value, json};
 
 fn policy(name: &str, spec: Value) -> TrustedRegistryPolicy {
