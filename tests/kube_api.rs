@@ -1018,6 +1018,7 @@ mod policy_reports {
             kind: ViolationKind::Untrusted,
             policy_message: None,
             existing: false,
+            inherited: false,
         }
     }
 

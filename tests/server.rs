@@ -145,13 +145,26 @@ fn semantics_fixtures() -> Vec<(&'static str, Expect)> {
             Expect::Warn(vec![format!("{}{EXISTING}", legacy("nginx:1.25", "docker.io/library/nginx:1.25")), MESSAGE.to_owned()]),
         ),
         ("deployment-update-new-image-denied.json", Expect::Deny(denial(&[legacy("redis:7.2", "docker.io/library/redis:7.2")]))),
+        // Created by a user, not a controller: its ownerReference to a ReplicaSet proves nothing.
+        ("pod-registry-rules-denied.json", Expect::Deny(platform_rules_violations().join("\n"))),
+        // The same Pod, created by the ReplicaSet controller from a template trustgate admitted:
+        // it inherits that admission (existingImages: Allow), its violations as warnings.
         (
-            "pod-registry-rules-denied.json",
-            Expect::Deny([
-                "Pod platform/tools-6f7d9c8b4-*: container \"proxy\" (spec.containers[0]) image \"registry.my.com/mirror/nginx:1.25\" resolves to registry.my.com/mirror/nginx:1.25, but policy \"platform-rules\" requires images from registry.my.com/mirror to be pinned by digest (spec.registryRules[0] (registry.my.com/mirror)); write registry.my.com/mirror/nginx@sha256:<digest>",
-                "Pod platform/tools-6f7d9c8b4-*: container \"api\" (spec.containers[1]) image \"registry.my.com/platform/api:1.0\" resolves to registry.my.com/platform/api:1.0 (imagePullPolicy IfNotPresent), but policy \"platform-rules\" requires imagePullPolicy Always for images from registry.my.com (spec.registryRules[1] (registry.my.com)), so that no Pod runs it from the node's cache without pull credentials; set spec.containers[1].imagePullPolicy: Always",
-            ].join("\n")),
+            "pod-registry-rules-inherited.json",
+            Expect::Warn(
+                platform_rules_violations()
+                    .iter()
+                    .map(|v| format!("{v}; admitted because system:serviceaccount:kube-system:replicaset-controller created it from the template of ReplicaSet \"tools-6f7d9c8b4\", which trustgate admitted (policy \"platform-rules\" has existingImages: Allow)"))
+                    .collect(),
+            ),
         ),
+    ]
+}
+
+fn platform_rules_violations() -> [&'static str; 2] {
+    [
+        "Pod platform/tools-6f7d9c8b4-*: container \"proxy\" (spec.containers[0]) image \"registry.my.com/mirror/nginx:1.25\" resolves to registry.my.com/mirror/nginx:1.25, but policy \"platform-rules\" requires images from registry.my.com/mirror to be pinned by digest (spec.registryRules[0] (registry.my.com/mirror)); write registry.my.com/mirror/nginx@sha256:<digest>",
+        "Pod platform/tools-6f7d9c8b4-*: container \"api\" (spec.containers[1]) image \"registry.my.com/platform/api:1.0\" resolves to registry.my.com/platform/api:1.0 (imagePullPolicy IfNotPresent), but policy \"platform-rules\" requires imagePullPolicy Always for images from registry.my.com (spec.registryRules[1] (registry.my.com)), so that no Pod runs it from the node's cache without pull credentials; set spec.containers[1].imagePullPolicy: Always",
     ]
 }
 

@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use trustgate_admission::admin::{self, Admin};
 use trustgate_admission::body_budget::BudgetLimits;
+use trustgate_admission::inheritance::ControllerIdentities;
 use trustgate_admission::metrics::{self, AdmissionMetrics, LogCollector, SnapshotCollector, TlsMetrics};
 use trustgate_admission::server::{self, Admission, Limits};
 use trustgate_admission::tls::{CertificateFiles, Credentials, Reloader, SelfSigned};
@@ -180,6 +181,16 @@ pub struct ServeArgs {
     /// How often --tls-cert and --tls-key are checked for changes.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub tls_reload_interval: Duration,
+
+    /// A requester whose CREATEs of Pods, ReplicaSets and Jobs, made from the pod template of
+    /// their controller owner, inherit that owner's admission under existingImages: Allow
+    /// (repeatable). Given at all, the list replaces the built-in one:
+    /// system:kube-controller-manager, and the kube-system ServiceAccounts deployment-,
+    /// replicaset-, replication-, statefulset-, daemon-set-, job- and cronjob-controller (each
+    /// for the objects its own controller creates). Distributions that run controllers under
+    /// other names need it (docs/operations.md).
+    #[arg(long = "controller-identity", value_name = "USERNAME")]
+    pub controller_identities: Vec<String>,
 
     /// Runtime worker threads [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
@@ -387,7 +398,8 @@ async fn serve(
 
     let admin_shutdown = CancellationToken::new();
     let admin = tokio::spawn(admin::serve(admin_listener, Admin::new(store.clone(), registry), admin_shutdown.clone()));
-    let admission = Admission::new(store.clone(), admission_metrics, &args.limits());
+    let controllers = ControllerIdentities::from_flags(args.controller_identities.clone());
+    let admission = Admission::with_controllers(store.clone(), admission_metrics, &args.limits(), controllers);
     let mut server = tokio::spawn(server::serve(listener, tls_config, admission, args.limits(), shutdown.clone()));
 
     let mut signals = Signals::new()?;
@@ -518,6 +530,17 @@ mod tests {
         assert_eq!(args.shutdown_delay, Duration::ZERO, "no delay unless asked: the chart asks");
         let args = parse(&["--self-signed", "--shutdown-delay", "5s"]).unwrap();
         assert_eq!(args.shutdown_delay, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn controller_identities_are_repeatable_and_default_to_the_built_in_list() {
+        let args = parse(&["--self-signed"]).unwrap();
+        assert_eq!(ControllerIdentities::from_flags(args.controller_identities), ControllerIdentities::BuiltIn);
+        let args = parse(&["--self-signed", "--controller-identity", "a", "--controller-identity", "b"]).unwrap();
+        assert_eq!(
+            ControllerIdentities::from_flags(args.controller_identities),
+            ControllerIdentities::Listed(vec!["a".to_owned(), "b".to_owned()])
+        );
     }
 
     #[test]

@@ -5,6 +5,7 @@
 pub mod admin;
 pub mod body_budget;
 mod connections;
+pub mod inheritance;
 pub mod metrics;
 
 pub mod review;

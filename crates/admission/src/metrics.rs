@@ -114,6 +114,12 @@ pub struct AdmissionMetrics {
     refused: Family<ReasonLabels, Counter>,
     shed: Family<ReasonLabels, Counter>,
     body_budget: crate::body_budget::BodyBudgetMetrics,
+    inherited: Family<PolicyLabels, Counter>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
 }
 
 impl AdmissionMetrics {
@@ -128,6 +134,7 @@ impl AdmissionMetrics {
             refused: Family::default(),
             shed: Family::default(),
             body_budget: crate::body_budget::BodyBudgetMetrics::default(),
+            inherited: Family::default(),
         };
         registry.register(
             "requests",
@@ -162,6 +169,11 @@ impl AdmissionMetrics {
             metrics.shed.clone(),
         );
         registry.register(
+            "inherited",
+            "CREATEs by a built-in controller from a template trustgate admitted, admitted with their violations as warnings (existingImages: Allow), by policy",
+            metrics.inherited.clone(),
+        );
+        registry.register(
             "body_bytes_in_flight",
             "Request-body bytes reserved in the body memory budget now (at most --max-body-bytes-in-flight)",
             metrics.body_budget.in_flight.clone(),
@@ -179,6 +191,11 @@ impl AdmissionMetrics {
         metrics
     }
 
+    /// Counts a CREATE that inherited its owner's admission despite `policy`.
+    pub(crate) fn inherited(&self, policy: &str) {
+        self.inherited.get_or_create(&PolicyLabels { policy: policy.to_owned() }).inc();
+    }
+
     /// One series in every labelled family: the encoder skips families without any, and the
     /// test of the known metric list (the binary's) must see them all.
     pub fn touch_every_family(&self) {
@@ -187,6 +204,7 @@ impl AdmissionMetrics {
         self.connection_refused(Refusal::PerSourceLimit);
         self.connection_shed(Shed::Idle);
         self.body_budget.refused(crate::body_budget::Refusal::Timeout);
+        self.inherited("p");
     }
 
     /// The metrics of the body budget these admission metrics belong with.

@@ -17,7 +17,9 @@ use serde_json::value::RawValue;
 use trustgate_core::api::Mode;
 
 use trustgate_core::engine::snapshot::Snapshot;
-use trustgate_core::engine::{Decision, Subject, Verdict, Violation};
+use trustgate_core::engine::{Decision, Inheritance, Subject, Verdict, Violation};
+
+use crate::inheritance::{self, ControllerIdentities, ControllerRef};
 use trustgate_core::workload::{Container, ContainerList, FieldPath, PullPolicy, SpecPath, Workload};
 
 /// `apiVersion` of the AdmissionReviews trustgate answers.
@@ -123,6 +125,18 @@ pub struct Answer {
     pub outcome: Outcome,
     /// The response review, serialized as JSON.
     pub body: Vec<u8>,
+    /// The request was a controller's CREATE from an admitted template (existingImages):
+    /// the controller and the owner, for the decision's log line. Its violations say which
+    /// policies let it through (`Violation::inherited`).
+    pub inherited: Option<InheritedFrom>,
+}
+
+/// Who created an object that inherited its owner's admission, and from which owner.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InheritedFrom {
+    pub controller: String,
+    /// `Kind/name` of the controller ownerReference.
+    pub owner: String,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -160,12 +174,49 @@ struct RawAdmissionRequest<'a> {
     object: Option<&'a RawValue>,
     #[serde(borrow, default)]
     old_object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    user_info: Option<RawUserInfo<'a>>,
 }
 
 #[derive(Deserialize)]
 struct RawGroupVersionKind<'a> {
     #[serde(borrow, default)]
+    group: Cow<'a, str>,
+    #[serde(borrow, default)]
     kind: Cow<'a, str>,
+}
+
+#[derive(Deserialize)]
+struct RawUserInfo<'a> {
+    #[serde(borrow, default)]
+    username: Cow<'a, str>,
+}
+
+/// Just the ownerReferences of an object (read only for the CREATEs that may inherit).
+#[derive(Deserialize)]
+struct RawOwned<'a> {
+    #[serde(borrow, default)]
+    metadata: Option<RawOwnedMeta<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawOwnedMeta<'a> {
+    #[serde(borrow, default)]
+    owner_references: Option<Vec<RawOwnerReference<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawOwnerReference<'a> {
+    #[serde(borrow, default)]
+    api_version: Cow<'a, str>,
+    #[serde(borrow, default)]
+    kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    name: Cow<'a, str>,
+    #[serde(default)]
+    controller: Option<bool>,
 }
 
 /// An AdmissionReview's request, borrowed from the request body.
@@ -174,6 +225,10 @@ pub struct AdmissionRequest<'a> {
     pub uid: Cow<'a, str>,
     /// `request.kind.kind`: the kind of the object as the webhook registered it.
     pub kind: Cow<'a, str>,
+    /// `request.kind.group` (empty for the core group).
+    pub group: Cow<'a, str>,
+    /// `request.userInfo.username`: who sent the request.
+    pub username: Cow<'a, str>,
     pub namespace: Cow<'a, str>,
     pub name: Cow<'a, str>,
     pub operation: Operation,
@@ -200,10 +255,13 @@ impl<'a> AdmissionRequest<'a> {
         if request.uid.is_empty() {
             return Err(ReviewError::MissingUid);
         }
-        let kind = request.kind.map(|k| k.kind).filter(|k| !k.is_empty()).ok_or(ReviewError::MissingKind)?;
+        let (group, kind) =
+            request.kind.map(|k| (k.group, k.kind)).filter(|(_, k)| !k.is_empty()).ok_or(ReviewError::MissingKind)?;
         Ok(AdmissionRequest {
             uid: request.uid,
             kind,
+            group,
+            username: request.user_info.map(|u| u.username).unwrap_or_default(),
             namespace: request.namespace,
             name: request.name,
             operation: Operation::parse(&request.operation)?,
@@ -214,9 +272,16 @@ impl<'a> AdmissionRequest<'a> {
         })
     }
 
-    /// Decides the request against `snapshot` and builds the response review. A dry run is
-    /// decided like any other request: the webhook has no side effects.
+    /// [`Self::review_with`] the built-in controller identities.
     pub fn review(&self, snapshot: &Snapshot, now: Timestamp) -> Answer {
+        self.review_with(snapshot, &ControllerIdentities::BuiltIn, now)
+    }
+
+    /// Decides the request against `snapshot` and builds the response review. A dry run is
+    /// decided like any other request: the webhook has no side effects. A CREATE that
+    /// `controllers` made from an admitted template inherits that admission (existingImages).
+    pub fn review_with(&self, snapshot: &Snapshot, controllers: &ControllerIdentities, now: Timestamp) -> Answer {
+        let mut inherited = None;
         let (outcome, response) = if !self.is_checked() {
             (Outcome::Skipped, AdmissionResponse::allowed(&self.uid, Vec::new()))
         } else {
@@ -233,12 +298,25 @@ impl<'a> AdmissionRequest<'a> {
                 Ok(workload) => {
                     let namespace = self.object_namespace(&workload);
                     let old = self.old_containers();
-                    let decision = snapshot.policies.evaluate_update(
+                    let owner = self.inheriting_owner(controllers);
+                    let from = owner.as_ref().map(|(kind, name)| Inheritance {
+                        controller: &self.username,
+                        owner_kind: kind,
+                        owner_name: name,
+                    });
+                    let decision = snapshot.policies.evaluate_admission(
                         &snapshot.namespace(namespace),
                         &workload.containers,
                         &old,
+                        from.as_ref(),
                         now,
                     );
+                    if let Some(from) = from.filter(|_| decision.violations.iter().any(|v| v.inherited)) {
+                        inherited = Some(InheritedFrom {
+                            controller: from.controller.to_owned(),
+                            owner: format!("{}/{}", from.owner_kind, from.owner_name),
+                        });
+                    }
                     // The object's own name fills in for requests that carry none (generateName).
                     let subject = Subject {
                         kind: self.object_kind(),
@@ -258,7 +336,29 @@ impl<'a> AdmissionRequest<'a> {
             + response.warnings.iter().map(String::len).sum::<usize>();
         let body =
             to_json(&AdmissionReviewOut { api_version: ADMISSION_API_VERSION, kind: ADMISSION_KIND, response }, size);
-        Answer { outcome, body }
+        Answer { outcome, body, inherited }
+    }
+
+    /// The owner (kind, name) whose admission this request inherits, when it is a CREATE (no
+    /// subresource) that one of `controllers` made with a controller ownerReference the owner
+    /// table allows. The owner references are read only then: every other request is checked
+    /// in full.
+    fn inheriting_owner(&self, controllers: &ControllerIdentities) -> Option<(String, String)> {
+        if self.operation != Operation::Create || !self.sub_resource.is_empty() || self.username.is_empty() {
+            return None;
+        }
+        // Cheap test first: the username must be a controller for some owner at all.
+        if !matches!(&*self.kind, "Pod" | "ReplicaSet" | "Job") {
+            return None;
+        }
+        let object = self.object?;
+        let owned: RawOwned<'_> = serde_json::from_str(object.get()).ok()?;
+        let references = owned.metadata?.owner_references?;
+        // At most one reference may be the controller (the API server refuses more).
+        let reference = references.iter().find(|r| r.controller == Some(true))?;
+        let owner = ControllerRef { api_version: &reference.api_version, kind: &reference.kind, name: &reference.name };
+        let found = inheritance::inheritance(controllers, &self.username, &self.group, &self.kind, Some(owner))?;
+        Some((found.owner_kind.to_owned(), found.owner_name.to_owned()))
     }
 
     /// Whether this request carries an object to check.
@@ -434,7 +534,7 @@ impl<'a> ImageRequest<'a> {
             + status.audit_annotations.values().map(String::len).sum::<usize>();
         let body =
             to_json(&ImageReviewOut { api_version: IMAGE_REVIEW_API_VERSION, kind: IMAGE_REVIEW_KIND, status }, size);
-        Answer { outcome: Outcome::Evaluated(decision), body }
+        Answer { outcome: Outcome::Evaluated(decision), body, inherited: None }
     }
 }
 
@@ -533,6 +633,131 @@ spec:
     fn pod_request(operation: &str, image: &str) -> Value {
         review(json!({"uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
                       "namespace": "default", "name": "web", "operation": operation, "object": pod(image)}))
+    }
+
+    /// A CREATE as kube-controller-manager sends it: `userInfo` and the object's owner.
+    fn controller_create(kind: (&str, &str), user: &str, owner: Value, image: &str) -> Value {
+        let spec = json!({"containers": [{"name": "app", "image": image}]});
+        let object = match kind.1 {
+            "Pod" => {
+                json!({"kind": "Pod", "metadata": {"name": "legacy-x", "namespace": "default", "ownerReferences": [owner]}, "spec": spec})
+            }
+            _ => {
+                json!({"kind": kind.1, "metadata": {"name": "legacy-x", "namespace": "default", "ownerReferences": [owner]},
+                        "spec": {"template": {"spec": spec}}})
+            }
+        };
+        review(json!({"uid": "u-2", "kind": {"group": kind.0, "version": "v1", "kind": kind.1},
+                      "namespace": "default", "name": "", "operation": "CREATE",
+                      "userInfo": {"username": user, "groups": ["system:serviceaccounts"]}, "object": object}))
+    }
+
+    fn owner_ref(api_version: &str, kind: &str, controller: bool) -> Value {
+        json!({"apiVersion": api_version, "kind": kind, "name": "legacy", "uid": "u", "controller": controller})
+    }
+
+    const RS_CONTROLLER: &str = "system:serviceaccount:kube-system:replicaset-controller";
+
+    #[test]
+    fn a_controllers_create_from_an_admitted_template_is_allowed_with_a_warning_and_says_so() {
+        let request =
+            controller_create(("", "Pod"), RS_CONTROLLER, owner_ref("apps/v1", "ReplicaSet", true), "nginx:1.25");
+        let body = serde_json::to_vec(&request).unwrap();
+        let answer = AdmissionRequest::parse(&body).unwrap().review(&snapshot(), now());
+        assert_eq!(answer.outcome.verdict(), Verdict::Warn);
+        assert_eq!(
+            answer.inherited,
+            Some(InheritedFrom { controller: RS_CONTROLLER.to_owned(), owner: "ReplicaSet/legacy".to_owned() })
+        );
+        let out: Value = serde_json::from_slice(&answer.body).unwrap();
+        assert_eq!(out["response"]["allowed"], true);
+        let warning = out["response"]["warnings"][0].as_str().unwrap();
+        assert!(warning.contains("created it from the template of ReplicaSet \"legacy\""), "{warning}");
+        // The same object, created by anyone else: checked in full.
+        let request = controller_create(("", "Pod"), "alice", owner_ref("apps/v1", "ReplicaSet", true), "nginx:1.25");
+        let (outcome, _) = answer_of(&request);
+        assert_eq!(outcome.verdict(), Verdict::Deny);
+    }
+
+    fn answer_of(review: &Value) -> (Outcome, Option<InheritedFrom>) {
+        let body = serde_json::to_vec(review).unwrap();
+        let answer = AdmissionRequest::parse(&body).unwrap().review(&snapshot(), now());
+        (answer.outcome, answer.inherited)
+    }
+
+    #[test]
+    fn only_controller_creates_with_a_controller_reference_to_a_checked_owner_inherit() {
+        let denied = |request: Value| {
+            let (outcome, inherited) = answer_of(&request);
+            assert_eq!((outcome.verdict(), inherited), (Verdict::Deny, None), "{request}");
+        };
+        // A non-controller reference, a custom owner, an owner whose controller does not
+        // create this kind, no owner at all.
+        denied(controller_create(("", "Pod"), RS_CONTROLLER, owner_ref("apps/v1", "ReplicaSet", false), "nginx:1.25"));
+        denied(controller_create(
+            ("", "Pod"),
+            RS_CONTROLLER,
+            owner_ref("example.com/v1", "ReplicaSet", true),
+            "nginx:1.25",
+        ));
+        denied(controller_create(
+            ("", "Pod"),
+            "system:kube-controller-manager",
+            owner_ref("apps/v1", "Deployment", true),
+            "nginx:1.25",
+        ));
+        let mut no_owner =
+            controller_create(("", "Pod"), RS_CONTROLLER, owner_ref("apps/v1", "ReplicaSet", true), "nginx:1.25");
+        no_owner["request"]["object"]["metadata"].as_object_mut().unwrap().remove("ownerReferences");
+        denied(no_owner);
+        // An UPDATE by the controller is existingImages' business, not inheritance's.
+        let mut update =
+            controller_create(("", "Pod"), RS_CONTROLLER, owner_ref("apps/v1", "ReplicaSet", true), "nginx:1.25");
+        update["request"]["operation"] = json!("UPDATE");
+        denied(update);
+        // The other controller kinds inherit the same way.
+        let (outcome, inherited) = answer_of(&controller_create(
+            ("apps", "ReplicaSet"),
+            "system:serviceaccount:kube-system:deployment-controller",
+            owner_ref("apps/v1", "Deployment", true),
+            "nginx:1.25",
+        ));
+        assert_eq!(outcome.verdict(), Verdict::Warn);
+        assert_eq!(inherited.unwrap().owner, "Deployment/legacy");
+        let (outcome, _) = answer_of(&controller_create(
+            ("batch", "Job"),
+            "system:serviceaccount:kube-system:cronjob-controller",
+            owner_ref("batch/v1", "CronJob", true),
+            "nginx:1.25",
+        ));
+        assert_eq!(outcome.verdict(), Verdict::Warn);
+        // A clean CREATE inherits nothing: nothing to report.
+        let (outcome, inherited) = answer_of(&controller_create(
+            ("", "Pod"),
+            RS_CONTROLLER,
+            owner_ref("apps/v1", "ReplicaSet", true),
+            "registry.my.com/app:v1",
+        ));
+        assert_eq!((outcome.verdict(), inherited), (Verdict::Allow, None));
+    }
+
+    #[test]
+    fn listed_controller_identities_replace_the_built_in_ones() {
+        let listed = ControllerIdentities::from_flags(vec!["system:k3s-controller".to_owned()]);
+        let request =
+            controller_create(("", "Pod"), RS_CONTROLLER, owner_ref("apps/v1", "ReplicaSet", true), "nginx:1.25");
+        let body = serde_json::to_vec(&request).unwrap();
+        let parsed = AdmissionRequest::parse(&body).unwrap();
+        assert_eq!(parsed.review_with(&snapshot(), &listed, now()).outcome.verdict(), Verdict::Deny);
+        let request = controller_create(
+            ("", "Pod"),
+            "system:k3s-controller",
+            owner_ref("apps/v1", "ReplicaSet", true),
+            "nginx:1.25",
+        );
+        let body = serde_json::to_vec(&request).unwrap();
+        let parsed = AdmissionRequest::parse(&body).unwrap();
+        assert_eq!(parsed.review_with(&snapshot(), &listed, now()).outcome.verdict(), Verdict::Warn);
     }
 
     #[test]

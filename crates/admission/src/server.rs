@@ -27,6 +27,7 @@ use tracing::field::{Empty, Field, Value};
 
 use crate::body_budget::{BodyBudget, BudgetLimits, Lease, Refusal};
 use crate::connections::{self, Activity, ConnectionTable, Shed, Slot};
+use crate::inheritance::ControllerIdentities;
 use crate::metrics::{AdmissionMetrics, Endpoint};
 use crate::review::{AdmissionRequest, ImageRequest, Outcome};
 use trustgate_core::engine::snapshot::Store;
@@ -107,6 +108,7 @@ impl Default for Limits {
 pub struct Admission {
     store: Arc<Store>,
     metrics: AdmissionMetrics,
+    controllers: ControllerIdentities,
     budget: Arc<BodyBudget>,
     max_body: usize,
     request_timeout: Duration,
@@ -116,10 +118,22 @@ type Body = Full<Bytes>;
 
 impl Admission {
     pub fn new(store: Arc<Store>, metrics: AdmissionMetrics, limits: &Limits) -> Arc<Self> {
+        Self::with_controllers(store, metrics, limits, ControllerIdentities::BuiltIn)
+    }
+
+    /// [`Admission::new`] whose CREATEs by `controllers` from an admitted template inherit that
+    /// admission (`--controller-identity`).
+    pub fn with_controllers(
+        store: Arc<Store>,
+        metrics: AdmissionMetrics,
+        limits: &Limits,
+        controllers: ControllerIdentities,
+    ) -> Arc<Self> {
         let budget = BodyBudget::new(limits.body_budget, metrics.body_budget());
         Arc::new(Admission {
             store,
             metrics,
+            controllers,
             budget,
             max_body: limits.max_body,
             request_timeout: limits.request_timeout,
@@ -193,7 +207,9 @@ impl Admission {
         };
         let now = jiff::Timestamp::now();
         match endpoint {
-            Endpoint::Validate => self.validate(&body, |request| request.review(&snapshot, now), started),
+            Endpoint::Validate => {
+                self.validate(&body, |request| request.review_with(&snapshot, &self.controllers, now), started)
+            }
             Endpoint::ImageReview => self.image_review(&body, |request| request.review(&snapshot, now), started),
         }
     }
@@ -246,6 +262,22 @@ impl Admission {
             ],
         );
         log_decision(&span, &answer.outcome);
+        if let Some(from) = &answer.inherited {
+            // Controllers ignore warnings: this line and the counter are what operators see.
+            let mut policies: Vec<&str> =
+                answer.outcome.violations().iter().filter(|v| v.inherited).map(|v| &*v.policy).collect();
+            policies.dedup();
+            tracing::info!(
+                parent: &span,
+                controller = %from.controller,
+                owner = %from.owner,
+                policies = %policies.join(","),
+                "allowed by inheritance: a controller created it from a template trustgate admitted (existingImages: Allow)"
+            );
+            for policy in policies {
+                self.metrics.inherited(policy);
+            }
+        }
         self.metrics.decided(Endpoint::Validate, &request.kind, request.operation.as_str(), verdict, elapsed);
         json(answer.body)
     }

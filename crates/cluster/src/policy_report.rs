@@ -320,6 +320,7 @@ mod tests {
             kind,
             policy_message: None,
             existing: false,
+            inherited: false,
         }
     }
 

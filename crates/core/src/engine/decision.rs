@@ -115,6 +115,11 @@ pub struct Violation {
     /// Warn).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub existing: bool,
+    /// A built-in controller created the object from the template of an owner trustgate
+    /// checks, and the policy's existingImages is Allow: the object inherits the owner's
+    /// admission, so an Enforce violation is reported only as a warning (`mode` is then Warn).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub inherited: bool,
     #[serde(skip)]
     pub policy_message: Option<Arc<str>>,
 }
@@ -123,6 +128,20 @@ impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "container {:?} ({}) image {:?} {}", self.container, self.field, self.image, self.reason)
     }
+}
+
+/// A CREATE that a built-in controller made from the pod template of its owner (a Pod of a
+/// ReplicaSet, a ReplicaSet of a Deployment, a Job of a CronJob): under existingImages: Allow
+/// it inherits the admission of that template, which trustgate checked when the owner was
+/// created or updated. The admission layer decides when a request is one (who sent it, which
+/// owner it names); the engine only applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inheritance<'a> {
+    /// The requester: a kube-controller-manager identity.
+    pub controller: &'a str,
+    /// The owner's kind and name (its controller ownerReference).
+    pub owner_kind: &'a str,
+    pub owner_name: &'a str,
 }
 
 /// Allow, warn or deny: the verdict of a [`Decision`].

@@ -7,7 +7,7 @@ pub mod policy_set;
 pub mod snapshot;
 
 pub use crate::selector::{NAMESPACE_NAME_LABEL, Namespace};
-pub use decision::{Decision, Subject, Verdict, Violation, ViolationKind};
+pub use decision::{Decision, Inheritance, Subject, Verdict, Violation, ViolationKind};
 pub use policy::{CompiledPolicy, PolicyError};
 pub use policy_set::PolicySet;
 pub use snapshot::{NamespaceLabels, Snapshot, Store};

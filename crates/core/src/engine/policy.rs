@@ -8,7 +8,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use crate::api::{ExistingImages, Mode, RegistryPattern, RequiredPullPolicy, TrustedRegistryPolicy, UnqualifiedImages};
-use crate::engine::decision::{Violation, ViolationKind};
+use crate::engine::decision::{Inheritance, Violation, ViolationKind};
 use crate::pattern::Pattern;
 use crate::reference::{Reference, ReferenceError};
 use crate::selector::Label::{Known, Unknown};
@@ -248,12 +248,15 @@ impl CompiledPolicy {
     }
 
     /// Every reason `image` fails this policy in `namespace`, pushed onto `out`. `existing`:
-    /// the old object of an UPDATE already had this image string.
+    /// the old object of an UPDATE already had this image string; `inherited`: the object is a
+    /// controller's CREATE from an admitted template.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn check(
         &self,
         image: &Image<'_>,
         trusted: bool,
         existing: bool,
+        inherited: Option<&Inheritance<'_>>,
         namespace: &str,
         now: Timestamp,
         out: &mut Vec<Violation>,
@@ -296,6 +299,7 @@ impl CompiledPolicy {
         // An image the object already had keeps running whatever this UPDATE says: deny it and
         // `kubectl rollout restart` of a workload older than the policy fails. Reported still.
         let existing = existing && self.keep_existing;
+        let inherited = inherited.filter(|_| self.keep_existing);
         let start = out.len();
         let normalized = parsed.to_string();
         for kind in kinds.into_iter().flatten() {
@@ -339,6 +343,17 @@ impl CompiledPolicy {
                 v.reason.push_str(&format!(
                     "; admitted because the object already had this image before this update (policy {:?} has existingImages: Allow)",
                     &*self.name
+                ));
+            }
+        } else if let Some(from) = inherited {
+            for v in &mut out[start..] {
+                v.inherited = true;
+                if v.mode == Mode::Enforce {
+                    v.mode = Mode::Warn;
+                }
+                v.reason.push_str(&format!(
+                    "; admitted because {} created it from the template of {} {:?}, which trustgate admitted (policy {:?} has existingImages: Allow)",
+                    from.controller, from.owner_kind, from.owner_name, &*self.name
                 ));
             }
         }
@@ -406,6 +421,7 @@ impl CompiledPolicy {
             reason,
             kind,
             existing: false,
+            inherited: false,
             policy_message: self.message.clone(),
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use jiff::Timestamp;
 
 use crate::api::{Mode, TrustedRegistryPolicy};
-use crate::engine::decision::Decision;
+use crate::engine::decision::{Decision, Inheritance};
 use crate::engine::policy::{CompiledPolicy, Image, PolicyError};
 use crate::pattern::Pattern;
 use crate::reference::{self, Reference};
@@ -128,6 +128,21 @@ impl PolicySet {
         old: &[Container<'_>],
         now: Timestamp,
     ) -> Decision {
+        self.evaluate_admission(namespace, containers, old, None, now)
+    }
+
+    /// Evaluates an admission request: [`Self::evaluate_update`], and, for a controller's
+    /// CREATE from an admitted template (`inherited`), every violation of a policy whose
+    /// existingImages is Allow admitted with a warning. An unparseable image is never admitted
+    /// so: the runtime could not pull it anyway.
+    pub fn evaluate_admission(
+        &self,
+        namespace: &Namespace<'_>,
+        containers: &[Container<'_>],
+        old: &[Container<'_>],
+        inherited: Option<&Inheritance<'_>>,
+        now: Timestamp,
+    ) -> Decision {
         let mut violations = Vec::new();
         let applicable = self.applicable(namespace);
         if applicable.is_empty() {
@@ -155,7 +170,7 @@ impl PolicySet {
                         seen => seen == 2,
                     })
                 });
-                self.policies[i].check(&image, trusted, existing, namespace.name, now, &mut violations);
+                self.policies[i].check(&image, trusted, existing, inherited, namespace.name, now, &mut violations);
             }
         }
         Decision { violations }

@@ -638,3 +638,54 @@ fn existing_images_cover_registry_rule_violations_but_never_invalid_images() {
     assert_eq!(d.verdict(), Verdict::Deny);
     assert!(!d.violations[0].existing);
 }
+
+fn decide_inherited(set: &PolicySet, object: &Value) -> Decision {
+    let workload = Workload::read(None, object).unwrap();
+    let from = Inheritance {
+        controller: "system:serviceaccount:kube-system:replicaset-controller",
+        owner_kind: "ReplicaSet",
+        owner_name: "legacy-5d4f",
+    };
+    let namespace = Namespace { name: "default", labels: None };
+    set.evaluate_admission(&namespace, &workload.containers, &[], Some(&from), now())
+}
+
+#[test]
+fn a_controllers_create_from_an_admitted_template_inherits_under_existing_images_allow() {
+    let pod = json!({"kind": "Pod", "metadata": {"name": "legacy-5d4f-x"},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.25"}, {"name": "ok", "image": "registry.my.com/app:v1"}]}});
+    let allow = set(&[policy("corporate", json!({"trustedRegistries": ["registry.my.com"]}))]);
+    let d = decide_inherited(&allow, &pod);
+    assert_eq!(d.verdict(), Verdict::Warn, "{d:?}");
+    let v = &d.violations[0];
+    assert_eq!((v.mode, v.inherited, v.existing), (Mode::Warn, true, false));
+    assert!(
+        v.reason.ends_with(
+            "; admitted because system:serviceaccount:kube-system:replicaset-controller created it from the template of ReplicaSet \"legacy-5d4f\", which trustgate admitted (policy \"corporate\" has existingImages: Allow)"
+        ),
+        "{}",
+        v.reason
+    );
+    // Without the inheritance the same CREATE is denied.
+    assert_eq!(decide_images(&allow, &["nginx:1.25"]).verdict(), Verdict::Deny);
+    // existingImages: Deny keeps the strict behaviour; one such policy denies on its own.
+    let strict = policy("strict", json!({"existingImages": "Deny", "trustedRegistries": ["registry.my.com"]}));
+    let d = decide_inherited(&set(std::slice::from_ref(&strict)), &pod);
+    assert_eq!((d.verdict(), d.violations[0].inherited), (Verdict::Deny, false));
+    let d =
+        decide_inherited(&set(&[policy("corporate", json!({"trustedRegistries": ["registry.my.com"]})), strict]), &pod);
+    assert_eq!(d.verdict(), Verdict::Deny);
+    // Warn and Audit keep their modes; the violation is still reported.
+    let audit = set(&[policy("a", json!({"mode": "Audit", "trustedRegistries": ["registry.my.com"]}))]);
+    let d = decide_inherited(&audit, &pod);
+    assert_eq!((d.verdict(), d.violations[0].mode, d.violations[0].inherited), (Verdict::Allow, Mode::Audit, true));
+}
+
+#[test]
+fn an_inherited_create_never_admits_an_image_that_does_not_parse() {
+    let allow = set(&[policy("corporate", json!({"trustedRegistries": ["registry.my.com"]}))]);
+    let pod = json!({"kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "a", "image": "Bad Image"}]}});
+    let d = decide_inherited(&allow, &pod);
+    assert_eq!(d.verdict(), Verdict::Deny);
+    assert_eq!((d.violations[0].kind, d.violations[0].inherited), (ViolationKind::Invalid, false));
+}
