@@ -718,6 +718,7 @@ mod source {
                 identity: "pod-a".into(),
                 audit_interval: Duration::from_secs(3600),
                 policy_reports: false,
+                installation: trustgate_cluster::policy_report::Installation::default(),
             },
             &mut registry,
         );
@@ -913,6 +914,7 @@ mod source {
             identity: "pod-b".into(),
             audit_interval: Duration::from_secs(1),
             policy_reports: false,
+            installation: trustgate_cluster::policy_report::Installation::default(),
         };
         let run = tokio::spawn(KubeSource::new(config, &mut registry).run(client, store.clone(), shutdown.clone()));
         eventually("readiness", || store.is_ready().then_some(())).await;
@@ -952,6 +954,7 @@ mod source {
             identity: "pod-a".into(),
             audit_interval: Duration::from_secs(3600),
             policy_reports: false,
+            installation: trustgate_cluster::policy_report::Installation::default(),
         };
         let run = tokio::spawn(KubeSource::new(config, &mut registry).run(client, store.clone(), shutdown.clone()));
         let lease_rv = || cluster.lock().unwrap().lease_rv;
@@ -1000,11 +1003,11 @@ mod source {
 mod policy_reports {
     use super::*;
     use trustgate_cluster::audit::Owner;
-    use trustgate_cluster::policy_report::{PolicyReports, ReportWriter, Synced};
+    use trustgate_cluster::policy_report::{Installation, PolicyReports, ReportWriter, Synced};
     use trustgate_core::api::Mode;
     use trustgate_core::engine::{Violation, ViolationKind};
 
-    const LIST: &str = "GET /apis/wgpolicyk8s.io/v1alpha2/policyreports?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dtrustgate&limit=500";
+    const LIST: &str = "GET /apis/wgpolicyk8s.io/v1alpha2/policyreports?&labelSelector=app.kubernetes.io%2Fmanaged-by%3Dtrustgate%2Capp.kubernetes.io%2Finstance%3Dtrustgate&limit=500";
 
     fn violation(image: &str) -> Violation {
         Violation {
@@ -1029,14 +1032,14 @@ mod policy_reports {
             let owner = Owner { api_version: "v1".into(), kind: "Pod", namespace: ns, name: "p", uid: "u" };
             reports.record(&owner, &[violation("nginx")]);
         }
-        reports.into_objects(time(now))
+        reports.into_objects(&Installation::default(), time(now))
     }
 
     /// A report as the API server lists it.
     fn listed(ns: &str, name: &str, rv: &str, data: &Value) -> Value {
         let mut object = json!({"apiVersion": "wgpolicyk8s.io/v1alpha2", "kind": "PolicyReport",
             "metadata": {"name": name, "namespace": ns, "resourceVersion": rv,
-                "labels": {"app.kubernetes.io/managed-by": "trustgate"}}});
+                "labels": {"app.kubernetes.io/managed-by": "trustgate", "app.kubernetes.io/instance": "trustgate"}}});
         for (k, v) in data.as_object().unwrap().iter().filter(|(k, _)| *k == "summary" || *k == "results") {
             object[k] = v.clone();
         }
@@ -1071,7 +1074,7 @@ mod policy_reports {
             }
             requests
         };
-        let mut writer = ReportWriter::new(client);
+        let mut writer = ReportWriter::new(client, Installation::default());
         // A sixth request (say, a rewrite of the unchanged report) would find no server: bounded.
         let (synced, requests) =
             tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(writer.sync(wanted), server) })
@@ -1128,7 +1131,7 @@ mod policy_reports {
         let subscriber = tracing_subscriber::fmt().with_writer(move || writer_logs.clone()).with_ansi(false).finish();
         let _guard = tracing::subscriber::set_default(subscriber);
         let (client, mut handle) = mock_client();
-        let mut writer = ReportWriter::new(client);
+        let mut writer = ReportWriter::new(client, Installation::default());
         // 404, 404, then the CRD is there (nothing listed, one create), then 404 again.
         for (round, crd) in [false, false, true, false].into_iter().enumerate() {
             let server = async {

@@ -26,6 +26,7 @@ use trustgate_admission::metrics::{self, AdmissionMetrics, LogCollector, Snapsho
 use trustgate_admission::server::{self, Admission, Limits};
 use trustgate_admission::tls::{CertificateFiles, Credentials, Reloader, SelfSigned};
 use trustgate_cluster::file_source::{self, FileSource, SourceMetrics};
+use trustgate_cluster::policy_report::Installation;
 use trustgate_core::engine::snapshot::Store;
 
 /// Where policies come from.
@@ -114,6 +115,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TRUSTGATE_POLICY_REPORTS")]
     pub policy_reports: bool,
 
+    /// This installation's name: it names and labels the PolicyReports the audit writes
+    /// (`app.kubernetes.io/instance`), so that two installations on one cluster each keep and
+    /// delete only their own. The chart passes FULLNAME.RELEASE-NAMESPACE.
+    #[arg(long, default_value = Installation::DEFAULT, value_parser = parse_installation, value_name = "NAME")]
+    pub instance: Installation,
+
     /// Name of the Lease that elects the replica writing status and running the audit.
     #[arg(long, default_value = "trustgate-leader", value_name = "NAME")]
     pub lease_name: String,
@@ -195,6 +202,10 @@ pub struct ServeArgs {
     /// Runtime worker threads [default: the number of CPUs].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     pub worker_threads: Option<u16>,
+}
+
+fn parse_installation(value: &str) -> Result<Installation, String> {
+    Installation::new(value).map_err(|e| e.to_string())
 }
 
 /// A size in bytes: a whole number, optionally followed by `Ki`, `Mi` or `Gi` (powers of 1024,
@@ -371,6 +382,7 @@ async fn serve(
                 identity: args.identity(),
                 audit_interval: args.audit_interval,
                 policy_reports: args.policy_reports,
+                installation: args.instance.clone(),
             };
             let source = trustgate_cluster::watch::KubeSource::new(config, &mut registry);
             let (store, shutdown) = (store.clone(), shutdown.clone());

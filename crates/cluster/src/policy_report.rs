@@ -1,8 +1,9 @@
 //! The audit's findings as `wgpolicyk8s.io/v1alpha2` `PolicyReport` objects, the format that
 //! Policy Reporter and other dashboards read for Kyverno, Kubewarden and others.
 //!
-//! One report per namespace with findings, named [`REPORT_NAME`] and labelled
-//! `app.kubernetes.io/managed-by: trustgate`; one result per top-level owner, policy and rule
+//! One report per namespace with findings, named after the [`Installation`] (`--instance`) and
+//! labelled `app.kubernetes.io/managed-by: trustgate` and `app.kubernetes.io/instance: NAME`, so
+//! that two installations on one cluster each keep and delete only their own; one result per top-level owner, policy and rule
 //! (violation kind). Enforce findings are `fail` (severity `high`): admission would reject the
 //! workload today. Warn and Audit findings are `warn` (severity `medium` and `low`): the workload
 //! would still be admitted, and Audit is the weaker of the two. Only findings are reported, so
@@ -26,8 +27,8 @@ use crate::pager::{PAGE_SIZE, each_page};
 use trustgate_core::api::Mode;
 use trustgate_core::engine::Violation;
 
-/// The name of trustgate's report in each namespace.
-pub(crate) const REPORT_NAME: &str = "trustgate";
+/// The label that tells one installation's reports from another's.
+pub(crate) const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 /// The label that marks trustgate's reports; stale ones are found by it.
 pub(crate) const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// At most this many results per report.
@@ -154,8 +155,8 @@ impl PolicyReports {
         }
     }
 
-    /// The report objects, by namespace; every result is stamped with `now`.
-    pub fn into_objects(self, now: Timestamp) -> BTreeMap<String, DynamicObject> {
+    /// The report objects of `installation`, by namespace; every result is stamped with `now`.
+    pub fn into_objects(self, installation: &Installation, now: Timestamp) -> BTreeMap<String, DynamicObject> {
         let timestamp = json!({"seconds": now.as_second(), "nanos": now.subsec_nanosecond()});
         let resource = api_resource();
         self.namespaces
@@ -170,11 +171,15 @@ impl PolicyReports {
                         value
                     })
                     .collect();
-                let mut object = DynamicObject::new(REPORT_NAME, &resource).within(&namespace).data(json!({
-                    "summary": {"pass": 0, "fail": ns.fail, "warn": ns.warn, "error": 0, "skip": 0},
-                    "results": results,
-                }));
-                object.metadata.labels = Some(BTreeMap::from([(MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned())]));
+                let mut object =
+                    DynamicObject::new(installation.report_name(), &resource).within(&namespace).data(json!({
+                        "summary": {"pass": 0, "fail": ns.fail, "warn": ns.warn, "error": 0, "skip": 0},
+                        "results": results,
+                    }));
+                object.metadata.labels = Some(BTreeMap::from([
+                    (MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned()),
+                    (INSTANCE_LABEL.to_owned(), installation.report_name().to_owned()),
+                ]));
                 (namespace, object)
             })
             .collect()
@@ -195,6 +200,51 @@ fn content(data: &Value) -> Value {
     data
 }
 
+/// The installation that owns a set of reports (`--instance`; the chart passes
+/// `FULLNAME.RELEASE-NAMESPACE`): its reports are named after it and labelled with it, and its
+/// sync lists, updates and deletes only those.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Installation(String);
+
+/// Why a name cannot name an installation.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{0:?} cannot name an installation: use at most 63 lowercase letters, digits, '-' and '.', starting and ending with a letter or digit (it names and labels its PolicyReports)"
+)]
+pub struct InvalidInstallation(String);
+
+impl Installation {
+    /// The name of a single installation that was given none.
+    pub const DEFAULT: &'static str = "trustgate";
+
+    pub fn new(name: &str) -> Result<Self, InvalidInstallation> {
+        let bytes = name.as_bytes();
+        let edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= 63
+            && bytes.first().is_some_and(edge)
+            && bytes.last().is_some_and(edge)
+            && bytes.iter().all(|b| edge(b) || *b == b'-' || *b == b'.');
+        if valid { Ok(Installation(name.to_owned())) } else { Err(InvalidInstallation(name.to_owned())) }
+    }
+
+    /// The name of this installation's report in each namespace.
+    pub fn report_name(&self) -> &str {
+        &self.0
+    }
+
+    /// The label selector of this installation's reports.
+    fn selector(&self) -> String {
+        format!("{MANAGED_BY_LABEL}={MANAGER},{INSTANCE_LABEL}={}", self.0)
+    }
+}
+
+impl Default for Installation {
+    fn default() -> Self {
+        Installation(Self::DEFAULT.to_owned())
+    }
+}
+
 /// What one [`ReportWriter::sync`] did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Synced {
@@ -212,19 +262,25 @@ pub enum PolicyReportError {
     /// The `policyreports.wgpolicyk8s.io` CRD is not installed.
     #[error("the PolicyReport CRD (policyreports.wgpolicyk8s.io/v1alpha2) is not installed")]
     CrdMissing,
-    #[error("failed to list the PolicyReports labelled {MANAGED_BY_LABEL}={MANAGER}")]
-    List(#[source] kube::Error),
+    #[error("failed to list the PolicyReports labelled {selector}")]
+    List {
+        selector: String,
+        #[source]
+        source: kube::Error,
+    },
 }
 
 /// Writes the reports of each audit run; remembers whether it said the CRD is missing.
 pub struct ReportWriter {
     client: Client,
+    installation: Installation,
     said_missing: bool,
 }
 
 impl ReportWriter {
-    pub fn new(client: Client) -> Self {
-        ReportWriter { client, said_missing: false }
+    /// Writes the reports of `installation`, and touches no other's.
+    pub fn new(client: Client, installation: Installation) -> Self {
+        ReportWriter { client, installation, said_missing: false }
     }
 
     /// Makes the cluster hold exactly `desired` (by namespace) among trustgate's reports:
@@ -256,10 +312,12 @@ impl ReportWriter {
         let resource = api_resource();
         let all: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
         let mut existing = Vec::new();
-        let params = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}")).limit(PAGE_SIZE);
+        // Only this installation's: another's reports are never listed, so never deleted.
+        let selector = self.installation.selector();
+        let params = ListParams::default().labels(&selector).limit(PAGE_SIZE);
         each_page(&all, params, |page| existing.extend_from_slice(page)).await.map_err(|e| match e {
             kube::Error::Api(s) if s.code == 404 => PolicyReportError::CrdMissing,
-            e => PolicyReportError::List(e),
+            source => PolicyReportError::List { selector: selector.clone(), source },
         })?;
         let post = PostParams { field_manager: Some(MANAGER.to_owned()), ..PostParams::default() };
         let mut synced = Synced::default();
@@ -268,7 +326,7 @@ impl ReportWriter {
                 continue;
             };
             let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &resource);
-            let wanted = if name == REPORT_NAME { desired.remove(&namespace) } else { None };
+            let wanted = if name == self.installation.report_name() { desired.remove(&namespace) } else { None };
             let result = match wanted {
                 Some(new) if content(&new.data) == content(&old.data) => {
                     synced.unchanged += 1;
@@ -348,7 +406,7 @@ mod tests {
             &[violation("watch", Mode::Audit, ViolationKind::DigestRequired, "pg", "postgres")],
         );
         reports.record(&owner("Deployment", "quiet", "fine"), &[]);
-        let objects = reports.into_objects(now());
+        let objects = reports.into_objects(&Installation::default(), now());
         assert_eq!(objects.keys().collect::<Vec<_>>(), ["dev", "shop"], "no report without findings");
         let shop = serde_json::to_value(&objects["shop"]).unwrap();
         let ts = json!({"seconds": now().as_second(), "nanos": 500_000_000});
@@ -359,7 +417,7 @@ mod tests {
                 "apiVersion": "wgpolicyk8s.io/v1alpha2",
                 "kind": "PolicyReport",
                 "metadata": {"name": "trustgate", "namespace": "shop",
-                    "labels": {"app.kubernetes.io/managed-by": "trustgate"}},
+                    "labels": {"app.kubernetes.io/managed-by": "trustgate", "app.kubernetes.io/instance": "trustgate"}},
                 "summary": {"pass": 0, "fail": 1, "warn": 1, "error": 0, "skip": 0},
                 "results": [
                     {"source": "trustgate", "policy": "corp", "rule": "Untrusted", "result": "fail", "severity": "high",
@@ -390,7 +448,7 @@ mod tests {
                 &[violation("corp", Mode::Enforce, ViolationKind::Untrusted, "c", "nginx")],
             );
         }
-        let dev = serde_json::to_value(&reports.into_objects(now())["dev"]).unwrap();
+        let dev = serde_json::to_value(&reports.into_objects(&Installation::default(), now())["dev"]).unwrap();
         assert_eq!(dev["summary"]["fail"], 250);
         let results = dev["results"].as_array().unwrap();
         assert_eq!(results.len(), MAX_RESULTS);
@@ -405,5 +463,31 @@ mod tests {
         let c = json!({"summary": {"fail": 2}, "results": [{"policy": "p", "timestamp": {"seconds": 1, "nanos": 0}}]});
         assert_eq!(content(&a), content(&b));
         assert_ne!(content(&a), content(&c));
+    }
+
+    #[test]
+    fn each_installation_names_and_labels_its_own_reports() {
+        let second = Installation::new("trustgate-canary.platform").unwrap();
+        let mut reports = PolicyReports::default();
+        let owner = Owner { api_version: "v1".into(), kind: "Pod", namespace: "dev", name: "p", uid: "u" };
+        PolicyReports::record(
+            &mut reports,
+            &owner,
+            &[violation("corp", Mode::Enforce, ViolationKind::Untrusted, "c", "nginx")],
+        );
+        let objects = reports.into_objects(&second, now());
+        let dev = &objects["dev"];
+        assert_eq!(dev.metadata.name.as_deref(), Some("trustgate-canary.platform"));
+        let labels = dev.metadata.labels.as_ref().unwrap();
+        assert_eq!(labels["app.kubernetes.io/instance"], "trustgate-canary.platform");
+        assert_eq!(labels["app.kubernetes.io/managed-by"], "trustgate");
+        assert_eq!(
+            second.selector(),
+            "app.kubernetes.io/managed-by=trustgate,app.kubernetes.io/instance=trustgate-canary.platform"
+        );
+        for bad in ["", "Trustgate", "-a", "a-", "a/b", "a b", &"x".repeat(64)] {
+            assert!(Installation::new(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(Installation::default().report_name(), "trustgate");
     }
 }

@@ -38,7 +38,7 @@ use crate::audit;
 use crate::index::{Index, PolicyEntry, PolicyObject};
 use crate::lease::{Elector, LeaseConfig};
 use crate::pager::PAGE_SIZE;
-use crate::policy_report::{PolicyReports, ReportWriter};
+use crate::policy_report::{Installation, PolicyReports, ReportWriter};
 use crate::status::{self, ReadyStatus};
 use trustgate_core::engine::snapshot::Store;
 
@@ -63,6 +63,8 @@ pub struct WatchConfig {
     pub audit_interval: Duration,
     /// Also write the audit's findings as `wgpolicyk8s.io` PolicyReports.
     pub policy_reports: bool,
+    /// Whose PolicyReports the audit writes (`--instance`).
+    pub installation: Installation,
 }
 
 /// The policies as the status writer sees them; `None` until the first list is in.
@@ -474,7 +476,8 @@ async fn audit_loop(
     shutdown: CancellationToken,
 ) {
     let interval = config.audit_interval;
-    let mut report_writer = config.policy_reports.then(|| ReportWriter::new(client.clone()));
+    let mut report_writer =
+        config.policy_reports.then(|| ReportWriter::new(client.clone(), config.installation.clone()));
     let api: Api<PolicyObject> = Api::all(client.clone());
     let params = PatchParams { field_manager: Some(MANAGER.to_owned()), ..PatchParams::default() };
     loop {
@@ -539,7 +542,7 @@ async fn audit_loop(
                 if !*leader.borrow() {
                     break;
                 }
-                match writer.sync(reports.into_objects(Timestamp::now())).await {
+                match writer.sync(reports.into_objects(&config.installation, Timestamp::now())).await {
                     Ok(synced) => debug!(?synced, "PolicyReports written"),
                     Err(error) => {
                         let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
