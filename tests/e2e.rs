@@ -1,17 +1,18 @@
 //! End-to-end tests against a real API server: `just e2e` runs them with
 //! `cargo test --test e2e -- --ignored --test-threads=1` against whatever `KUBECONFIG` points to.
 //!
-//! By default each test starts its own webhook OUTSIDE the cluster: the `trustgate` binary with
-//! `serve --policy-source kubernetes` on 127.0.0.1, with a test CA and a certificate for
-//! 127.0.0.1, registered through a ValidatingWebhookConfiguration with
-//! `clientConfig.url: https://127.0.0.1:PORT/validate` and the CA as `caBundle` (the API server
-//! must run on this machine). With `TRUSTGATE_E2E_MODE=in-cluster` no webhook is started: the
-//! Helm chart's is used, and the audit timeout is `TRUSTGATE_E2E_AUDIT_TIMEOUT` seconds (default
-//! 400, above the chart's 5m interval).
+//! The harness is tests/e2e_support (shared with the other e2e files). By default each test
+//! starts its own webhook OUTSIDE the cluster: the `trustgate` binary with
+//! `serve --policy-source kubernetes` on 127.0.0.1, with the kit's webhook certificate (beside
+//! the kubeconfig; a self-signed one for 127.0.0.1 on another cluster), registered through a
+//! ValidatingWebhookConfiguration with `clientConfig.url: https://127.0.0.1:PORT/validate` and
+//! the CA as `caBundle` (the API server must run on this machine). With
+//! `TRUSTGATE_E2E_MODE=in-cluster` no webhook is started: the Helm chart's is used, and the audit
+//! timeout is `TRUSTGATE_E2E_AUDIT_TIMEOUT` seconds (default 400, above the chart's 5m interval).
 //!
-//! Every test runs in a namespace of its own; its policies select only that namespace; the
-//! namespace, the policies, the webhook configuration, the lease and the webhook process are
-//! removed when the test ends, pass or fail.
+//! Every test runs in a namespace of its own, labelled `trustgate.dev/e2e=true`; its policies
+//! select only that namespace; the namespace, the policies, the webhook configuration, the lease
+//! and the webhook process are removed when the test ends, pass or fail.
 //!
 //! The cluster may hold other objects, including other TrustedRegistryPolicies: the tests assert
 //! only what their own policies produce in their own namespaces. Audit and Warn policies of
@@ -33,415 +34,23 @@ mod e2e_support;
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e_support::{InARow, chart_pod_logs, release};
-use k8s_openapi::ByteString;
-use k8s_openapi::api::admissionregistration::v1::{
-    RuleWithOperations, ValidatingWebhook, ValidatingWebhookConfiguration, WebhookClientConfig,
-};
+use e2e_support::chart::release;
+use e2e_support::cluster::{Cleanup, Cluster, apply_policy, enforcers_of, refusal};
+use e2e_support::harness::{Answer, Harness, POLICY_MESSAGE, denial, warning_text};
+use e2e_support::serve::LEASE_NAMESPACE;
+use e2e_support::{Mode, NAMESPACE_LABEL, mode, unique_suffix};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
-use kube::api::{
-    ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams, PostParams,
-};
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
-use trustgate_core::api::{Mode as PolicyMode, TrustedRegistryPolicy};
-use trustgate_core::engine::{CompiledPolicy, Namespace as PolicyNamespace};
-
-/// Field manager of everything the tests write.
-const MANAGER: &str = "trustgate-e2e";
-/// Name of the webhook in the configuration the tests register.
-const WEBHOOK: &str = "validate.trustgate.dev";
-/// The message every test policy appends to its denials.
-const POLICY_MESSAGE: &str = "Use images from registry.my.com (trustgate e2e)";
-/// The label every test namespace carries (besides its name label).
-const NAMESPACE_LABEL: (&str, &str) = ("trustgate.dev/e2e", "true");
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Mode {
-    /// Start the webhook on 127.0.0.1 and register it by URL.
-    Local,
-    /// Use the webhook the Helm chart installed.
-    InCluster,
-}
-
-fn mode() -> Mode {
-    match std::env::var("TRUSTGATE_E2E_MODE").as_deref() {
-        Err(_) | Ok("") | Ok("local") => Mode::Local,
-        Ok("in-cluster") => Mode::InCluster,
-        Ok(other) => panic!("TRUSTGATE_E2E_MODE={other:?}: expected \"local\" (the default) or \"in-cluster\""),
-    }
-}
-
-async fn client() -> Client {
-    if std::env::var_os("KUBECONFIG").is_none_or(|v| v.is_empty()) {
-        panic!(
-            "the e2e tests need a Kubernetes API server: set KUBECONFIG to its kubeconfig \
-             (`KUBECONFIG=~/.kube/config just e2e`); they are #[ignore]d so that `cargo test` does not need one"
-        );
-    }
-    Client::try_default().await.expect("a client from KUBECONFIG")
-}
-
-fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{:x}{:05x}", std::process::id() % 0x100, nanos % 0x100000)
-}
-
-fn resource(kind: &str) -> ApiResource {
-    let (group, plural) = match kind {
-        "Pod" => ("", "pods"),
-        "Deployment" => ("apps", "deployments"),
-        "CronJob" => ("batch", "cronjobs"),
-        other => panic!("no resource for {other}"),
-    };
-    let version = "v1";
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
-}
-
-/// A webhook process on 127.0.0.1 and what registers it.
-struct LocalWebhook {
-    child: Child,
-    dir: tempfile::TempDir,
-    config_name: String,
-    lease_name: String,
-    identity: String,
-}
-
-impl LocalWebhook {
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("webhook.log")).unwrap_or_default()
-    }
-}
-
-/// One test's namespace, policies and webhook; cleans up on drop.
-struct Harness {
-    client: Client,
-    namespace: String,
-    policies: Vec<String>,
-    webhook: Option<LocalWebhook>,
-}
-
-impl Harness {
-    async fn start(test: &str) -> Self {
-        let client = client().await;
-        let namespace = format!("tg-{test}-{}", unique_suffix());
-        install_crd(&client).await;
-        let labels = BTreeMap::from([
-            (NAMESPACE_LABEL.0.to_owned(), NAMESPACE_LABEL.1.to_owned()),
-            ("kubernetes.io/metadata.name".to_owned(), namespace.clone()),
-        ]);
-        refuse_foreign_enforce_policies(&client, &namespace, &labels).await;
-        let ns = Namespace {
-            metadata: ObjectMeta {
-                name: Some(namespace.clone()),
-                labels: Some(BTreeMap::from([(NAMESPACE_LABEL.0.to_owned(), NAMESPACE_LABEL.1.to_owned())])),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create the namespace");
-        let mut harness = Harness { client, namespace, policies: Vec::new(), webhook: None };
-        if mode() == Mode::Local {
-            harness.webhook = Some(harness.start_webhook().await);
-        }
-        harness
-    }
-
-    /// Starts `trustgate serve` on free ports with a fresh certificate, waits for it to be
-    /// ready, and registers it for this namespace only.
-    async fn start_webhook(&self) -> LocalWebhook {
-        let dir = tempfile::tempdir().unwrap();
-        let (ca_pem, cert_pem, key_pem) = certificates();
-        let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
-        std::fs::write(&cert, cert_pem).unwrap();
-        std::fs::write(&key, key_pem).unwrap();
-        let (port, admin_port) = (free_port(), free_port());
-        let lease_name = format!("trustgate-e2e-{}", self.namespace);
-        let identity = format!("e2e-{}", self.namespace);
-        let log = std::fs::File::create(dir.path().join("webhook.log")).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_trustgate"))
-            .args(["serve", "--policy-source", "kubernetes", "--log-format", "text"])
-            .args(["--addr", &format!("127.0.0.1:{port}"), "--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .arg("--tls-cert")
-            .arg(&cert)
-            .arg("--tls-key")
-            .arg(&key)
-            .args(["--audit-interval", "3s", "--lease-namespace", "default", "--lease-name", &lease_name])
-            .args(["--identity", &identity])
-            .env("RUST_LOG", "info,trustgate=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("start the trustgate binary");
-        let mut webhook =
-            LocalWebhook { child, dir, config_name: format!("trustgate-e2e-{}", self.namespace), lease_name, identity };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while http_status(admin_port, "/readyz") != Some(200) {
-            if let Ok(Some(status)) = webhook.child.try_wait() {
-                panic!("the webhook exited ({status}):\n{}", webhook.log());
-            }
-            assert!(Instant::now() < deadline, "the webhook did not get ready in 30s:\n{}", webhook.log());
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let rule = |groups: &[&str], resources: &[&str]| RuleWithOperations {
-            api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
-            api_versions: Some(vec!["*".into()]),
-            operations: Some(vec!["CREATE".into(), "UPDATE".into()]),
-            resources: Some(resources.iter().map(|s| s.to_string()).collect()),
-            scope: Some("Namespaced".into()),
-        };
-        let config = ValidatingWebhookConfiguration {
-            metadata: ObjectMeta { name: Some(webhook.config_name.clone()), ..ObjectMeta::default() },
-            webhooks: Some(vec![ValidatingWebhook {
-                name: WEBHOOK.into(),
-                admission_review_versions: vec!["v1".into()],
-                side_effects: "None".into(),
-                failure_policy: Some("Fail".into()),
-                match_policy: Some("Equivalent".into()),
-                timeout_seconds: Some(10),
-                client_config: WebhookClientConfig {
-                    url: Some(format!("https://127.0.0.1:{port}/validate")),
-                    ca_bundle: Some(ByteString(ca_pem.into_bytes())),
-                    service: None,
-                },
-                namespace_selector: Some(LabelSelector {
-                    match_labels: Some(BTreeMap::from([(
-                        "kubernetes.io/metadata.name".to_owned(),
-                        self.namespace.clone(),
-                    )])),
-                    ..LabelSelector::default()
-                }),
-                rules: Some(vec![
-                    rule(&[""], &["pods", "pods/ephemeralcontainers", "podtemplates", "replicationcontrollers"]),
-                    rule(&["apps"], &["deployments", "replicasets", "statefulsets", "daemonsets"]),
-                    rule(&["batch"], &["jobs", "cronjobs"]),
-                ]),
-                ..ValidatingWebhook::default()
-            }]),
-        };
-        Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
-            .create(&PostParams::default(), &config)
-            .await
-            .expect("register the webhook");
-        webhook
-    }
-
-    fn policy_name(&self, name: &str) -> String {
-        format!("{}-{name}", self.namespace)
-    }
-
-    /// Applies a policy that selects only this test's namespace; returns its full name.
-    async fn apply_policy(&mut self, name: &str, mut spec: Value) -> String {
-        let name = self.policy_name(name);
-        spec["namespaceSelector"] = json!({"matchLabels": {"kubernetes.io/metadata.name": self.namespace}});
-        spec["message"] = json!(POLICY_MESSAGE);
-        let policy = json!({"apiVersion": "trustgate.dev/v1alpha1", "kind": "TrustedRegistryPolicy",
-                            "metadata": {"name": name}, "spec": spec});
-        Api::<TrustedRegistryPolicy>::all(self.client.clone())
-            .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&policy))
-            .await
-            .expect("apply the policy");
-        if !self.policies.contains(&name) {
-            self.policies.push(name.clone());
-        }
-        name
-    }
-
-    fn api(&self, kind: &str) -> Api<DynamicObject> {
-        Api::namespaced_with(self.client.clone(), &self.namespace, &resource(kind))
-    }
-
-    async fn create(&self, object: &Value) -> Result<DynamicObject, kube::Error> {
-        self.create_with(object, false).await
-    }
-
-    async fn create_with(&self, object: &Value, dry_run: bool) -> Result<DynamicObject, kube::Error> {
-        let kind = object["kind"].as_str().expect("kind");
-        let object: DynamicObject = serde_json::from_value(object.clone()).expect("a Kubernetes object");
-        self.api(kind).create(&PostParams { dry_run, ..PostParams::default() }, &object).await
-    }
-
-    /// Dry-run creates `object` until `done` says the answer is the awaited one
-    /// [`InARow::NEEDED`] times in a row: policies and webhook registrations reach the API
-    /// server and the webhook (every replica of it) asynchronously. Returns when the first of
-    /// those came back.
-    async fn wait_for_answer(
-        &self,
-        what: &str,
-        object: &Value,
-        timeout: Duration,
-        done: impl Fn(&Result<DynamicObject, kube::Error>) -> bool,
-    ) -> Duration {
-        let start = Instant::now();
-        let mut in_a_row = InARow::default();
-        loop {
-            let result = self.create_with(object, true).await;
-            let right = done(&result);
-            if let Some(began) = in_a_row.record(right, start.elapsed()) {
-                return began;
-            }
-            if right {
-                continue;
-            }
-            assert!(
-                start.elapsed() < timeout,
-                "{what}: not within {timeout:?}; last answer: {result:?}{}",
-                self.logs()
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-
-    async fn wait_until_denied(&self, object: &Value) -> Duration {
-        self.wait_for_answer("a denial", object, Duration::from_secs(30), |r| denial(r).is_some()).await
-    }
-
-    /// The webhook's log for a failure message: the local process's, or the chart's Pods'.
-    fn logs(&self) -> String {
-        match &self.webhook {
-            Some(webhook) => format!("\nwebhook log:\n{}", webhook.log()),
-            None if mode() == Mode::InCluster => chart_pod_logs(),
-            None => String::new(),
-        }
-    }
-
-    /// The whole denial message for these lines, as the API server relays it.
-    fn expected_denial(&self, lines: &[String]) -> String {
-        format!("denied the request: {}\n{POLICY_MESSAGE}", lines.join("\n"))
-    }
-
-    fn assert_denied(&self, result: Result<impl std::fmt::Debug, kube::Error>, lines: &[String]) {
-        let Some(message) = denial(&result) else {
-            panic!("expected a denial naming {lines:#?}, got {result:?}{}", self.logs());
-        };
-        let want = self.expected_denial(lines);
-        assert!(message.ends_with(&want), "denial message:\n{message}\nexpected it to end with:\n{want}");
-        if mode() == Mode::Local {
-            assert_eq!(message, format!("admission webhook \"{WEBHOOK}\" {want}"));
-        }
-    }
-}
-
-/// The message of a webhook denial, if `result` is one.
-fn denial<T>(result: &Result<T, kube::Error>) -> Option<String> {
-    match result {
-        Err(kube::Error::Api(status)) if status.message.contains("denied the request") => Some(status.message.clone()),
-        _ => None,
-    }
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
-        if let Some(webhook) = &mut self.webhook {
-            // SIGTERM first so that it releases its lease; then make sure it is gone.
-            if webhook.child.try_wait().ok().flatten().is_none() {
-                let _ = Command::new("kill").args(["-TERM", &webhook.child.id().to_string()]).status();
-            }
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while webhook.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            let _ = webhook.child.kill();
-            let _ = webhook.child.wait();
-        }
-        let namespace = self.namespace.clone();
-        let policies = std::mem::take(&mut self.policies);
-        let webhook = self.webhook.as_ref().map(|w| (w.config_name.clone(), w.lease_name.clone()));
-        // A runtime of its own: the test's may be unwinding.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let client = Client::try_default().await.expect("a client from KUBECONFIG");
-                let dp = DeleteParams::default();
-                if let Some((config, lease)) = webhook {
-                    let _ = Api::<ValidatingWebhookConfiguration>::all(client.clone()).delete(&config, &dp).await;
-                    let _ = Api::<Lease>::namespaced(client.clone(), "default").delete(&lease, &dp).await;
-                }
-                for policy in policies {
-                    let _ = Api::<TrustedRegistryPolicy>::all(client.clone()).delete(&policy, &dp).await;
-                }
-                let _ = Api::<Namespace>::all(client).delete(&namespace, &dp).await;
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
-/// Installs (or updates) the CRD from `trustgate crd` and waits until it is served.
-async fn install_crd(client: &Client) {
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let name = "trustedregistrypolicies.trustgate.dev";
-    if mode() == Mode::Local {
-        let output = Command::new(env!("CARGO_BIN_EXE_trustgate")).arg("crd").output().expect("run `trustgate crd`");
-        assert!(output.status.success(), "`trustgate crd` failed: {}", String::from_utf8_lossy(&output.stderr));
-        let yaml = String::from_utf8(output.stdout).expect("UTF-8 YAML");
-        let crd: CustomResourceDefinition = serde_saphyr::from_str(&yaml).expect("`trustgate crd` prints a CRD");
-        assert_eq!(crd.metadata.name.as_deref(), Some(name));
-        api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd)).await.expect("apply the CRD");
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let established = api.get_opt(name).await.expect("read the CRD").is_some_and(|crd| {
-            crd.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if established {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the CRD {name} is not established after 30s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Panics, naming them, when Enforce policies other than the tests' own select a test namespace
-/// with these labels: their denials would be mixed into every answer the tests check, and
-/// Pods the tests expect to be admitted could be denied. Audit and Warn policies, and Enforce
-/// policies that select other namespaces, are fine.
-async fn refuse_foreign_enforce_policies(client: &Client, namespace: &str, labels: &BTreeMap<String, String>) {
-    let policies = Api::<TrustedRegistryPolicy>::all(client.clone())
-        .list(&ListParams::default())
-        .await
-        .expect("list TrustedRegistryPolicies");
-    let names = enforcers_of(&policies.items, namespace, labels);
-    assert!(
-        names.is_empty(),
-        "refusing to run: the cluster has Enforce TrustedRegistryPolicies that select the e2e \
-         namespaces ({namespace}, labels {labels:?}): {names:?}. Their denials would mix with the \
-         tests' own. Exclude the e2e namespaces from them (for example a namespaceSelector \
-         requirement `{key} DoesNotExist`), switch them to Audit or Warn, or use another cluster.",
-        key = NAMESPACE_LABEL.0,
-    );
-}
-
-/// The names of the Enforce policies in `policies` that apply to `namespace` with `labels`.
-/// Policies trustgate cannot compile are left out: trustgate ignores them too.
-fn enforcers_of(policies: &[TrustedRegistryPolicy], namespace: &str, labels: &BTreeMap<String, String>) -> Vec<String> {
-    let ns = PolicyNamespace { name: namespace, labels: Some(labels) };
-    policies
-        .iter()
-        .filter_map(|p| CompiledPolicy::compile(p).ok())
-        .filter(|p| p.mode() == PolicyMode::Enforce && p.applies_to(&ns))
-        .map(|p| p.name().to_owned())
-        .collect()
-}
+use trustgate_core::api::TrustedRegistryPolicy;
 
 /// Runs `attempt` again while it fails with `409 Conflict` (the object changed between its read
 /// and its write), as kubectl does; `attempt` must read the object afresh. At most 10 tries.
@@ -461,37 +70,6 @@ where
             other => return other,
         }
     }
-}
-
-/// A CA and a certificate for 127.0.0.1 signed by it, as PEM: (ca, cert, key).
-fn certificates() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name.push(DnType::CommonName, "trustgate e2e CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut server = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
-    server.distinguished_name.push(DnType::CommonName, "127.0.0.1");
-    let cert = server.signed_by(&key, &issuer).unwrap();
-    (ca_pem, cert.pem(), key.serialize_pem())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// The status code of a plain HTTP GET, or `None` if nothing answers.
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    response.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn pod(name: &str, image: &str) -> Value {
@@ -530,17 +108,19 @@ fn line(
     )
 }
 
-async fn enforce_corporate(h: &mut Harness) -> String {
+/// A test's harness whose webhook enforces the policy "corp" (trusting registry.my.com), and
+/// that policy's name.
+async fn enforcing_corporate(test: &str) -> (Harness, String) {
+    let mut h = Harness::start(test).await;
     let policy = h.apply_policy("corp", json!({"trustedRegistries": ["registry.my.com"]})).await;
     h.wait_until_denied(&pod("probe", "docker.io/library/probe:1")).await;
-    policy
+    (h, policy)
 }
 
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
 async fn untrusted_pod_is_denied_with_every_violation_and_a_trusted_one_admitted() {
-    let mut h = Harness::start("pod").await;
-    let policy = enforce_corporate(&mut h).await;
+    let (h, policy) = enforcing_corporate("pod").await;
     let ns = h.namespace.clone();
 
     let object = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
@@ -581,8 +161,7 @@ async fn untrusted_pod_is_denied_with_every_violation_and_a_trusted_one_admitted
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
 async fn untrusted_deployment_and_cronjob_are_denied_at_their_pod_template() {
-    let mut h = Harness::start("workloads").await;
-    let policy = enforce_corporate(&mut h).await;
+    let (h, policy) = enforcing_corporate("workloads").await;
     let ns = h.namespace.clone();
 
     let result = h.create(&deployment("web", "nginx:1.25")).await;
@@ -618,8 +197,7 @@ async fn untrusted_deployment_and_cronjob_are_denied_at_their_pod_template() {
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
 async fn kubectl_debug_ephemeral_containers_are_checked() {
-    let mut h = Harness::start("debug").await;
-    let policy = enforce_corporate(&mut h).await;
+    let (h, policy) = enforcing_corporate("debug").await;
     let ns = h.namespace.clone();
     h.create(&pod("target", "registry.my.com/app:1")).await.expect("a trusted Pod");
     let pods: Api<Pod> = Api::namespaced(h.client.clone(), &ns);
@@ -675,57 +253,31 @@ async fn warn_mode_admits_with_warnings() {
         &policy,
         "registry.my.com",
     );
-    // Wait until the webhook knows the policy: a dry run then carries its warning (other Warn
-    // policies in the cluster may add theirs before).
-    let start = Instant::now();
-    let (status, dry_run_warnings) = loop {
-        let (status, warnings) = create_reading_warnings(&h, &object, true).await;
-        if warnings.contains(&want) {
-            break (status, warnings);
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "no warning within 30s (status {status}){}", h.logs());
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // Wait until the webhook (every replica) knows the policy: a dry run then carries its
+    // warning.
+    let probe = async || {
+        let answer = create_reading_warnings(&h, &object, true).await;
+        (answer.warnings.contains(&want), answer)
     };
-    assert_eq!(status, 201, "a dry run in Warn mode is admitted");
+    let (_, dry_run) = h.wait_for("the Warn policy's warning", Duration::from_secs(30), probe).await;
+    assert_eq!(dry_run.status, 201, "a dry run in Warn mode is admitted");
+    let dry_run_warnings = dry_run.warnings;
     assert!(dry_run_warnings.contains(&want), "dry-run warnings {dry_run_warnings:#?} should contain {want:?}");
-    let (status, warnings) = create_reading_warnings(&h, &object, false).await;
+    let Answer { status, warnings, .. } = create_reading_warnings(&h, &object, false).await;
     assert_eq!(status, 201, "Warn mode admits");
     assert!(warnings.contains(&want), "warnings {warnings:#?} should contain {want:?}");
     assert!(warnings.iter().any(|w| w == POLICY_MESSAGE), "the policy message is a warning too: {warnings:#?}");
+    // Other policies of the cluster may warn too; the test's own say exactly this.
+    assert_eq!(warnings, [want, POLICY_MESSAGE.to_owned()], "the test's own warnings");
     assert!(h.api("Pod").get_opt("warned").await.unwrap().is_some());
 }
 
-/// Creates `object` with a raw request, to read the `Warning` headers kube's typed calls drop.
-async fn create_reading_warnings(h: &Harness, object: &Value, dry_run: bool) -> (u16, Vec<String>) {
+/// Creates the Pod `object` with a raw request, to read the `Warning` headers.
+async fn create_reading_warnings(h: &Harness, object: &Value, dry_run: bool) -> Answer {
     let url = format!("/api/v1/namespaces/{}/pods", h.namespace);
     let body = serde_json::to_vec(object).unwrap();
     let pp = PostParams { dry_run, ..PostParams::default() };
-    let request = kube::core::Request::new(url).create(&pp, body).unwrap().map(kube::client::Body::from);
-    let response = h.client.send(request).await.expect("the API server answers");
-    let warnings = response
-        .headers()
-        .get_all(http::header::WARNING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(warning_text)
-        .collect();
-    (response.status().as_u16(), warnings)
-}
-
-/// The text of a `Warning: 299 - "text"` header, unescaped.
-fn warning_text(header: &str) -> String {
-    let quoted = header.split_once(" - ").map_or(header, |(_, rest)| rest);
-    let inner = quoted.strip_prefix('"').and_then(|s| s.strip_suffix('"')).unwrap_or(quoted);
-    let mut out = String::new();
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c == '\\' {
-            out.extend(chars.next());
-        } else {
-            out.push(c);
-        }
-    }
-    out
+    h.send(kube::core::Request::new(url).create(&pp, body).unwrap()).await
 }
 
 #[tokio::test]
@@ -735,13 +287,11 @@ async fn policy_status_reports_ready_or_the_compile_error() {
     let good = h.apply_policy("good", json!({"mode": "Warn", "trustedRegistries": ["registry.my.com"]})).await;
     // Valid for the CRD schema, rejected by the compiler: Near is no selector operator.
     let bad = h.policy_name("bad");
-    let policy = json!({"apiVersion": "trustgate.dev/v1alpha1", "kind": "TrustedRegistryPolicy",
-        "metadata": {"name": bad},
-        "spec": {"trustedRegistries": ["registry.my.com"],
-                 "namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "Near"}]}}});
+    let spec = json!({"trustedRegistries": ["registry.my.com"],
+                      "namespaceSelector": {"matchExpressions": [{"key": "team", "operator": "Near"}]}});
+    h.delete_when_done::<TrustedRegistryPolicy>(None, &bad);
+    apply_policy(&h.client, &bad, spec).await.expect("apply");
     let api = Api::<TrustedRegistryPolicy>::all(h.client.clone());
-    api.patch(&bad, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&policy)).await.expect("apply");
-    h.policies.push(bad.clone());
 
     let ready = |name: String| {
         let api = api.clone();
@@ -856,10 +406,10 @@ async fn the_leader_renews_its_lease_and_releases_it_on_sigterm() {
         return;
     }
     let mut h = Harness::start("lease").await;
-    let leases = Api::<Lease>::namespaced(h.client.clone(), "default");
+    let leases = Api::<Lease>::namespaced(h.client.clone(), LEASE_NAMESPACE);
     let (name, identity) = {
-        let w = h.webhook.as_ref().expect("a local webhook");
-        (w.lease_name.clone(), w.identity.clone())
+        let w = h.local_webhook().expect("a local webhook");
+        (w.lease.clone(), w.identity.clone())
     };
     let spec = |lease: Option<Lease>| lease.and_then(|l| l.spec).unwrap_or_default();
     let start = Instant::now();
@@ -884,10 +434,10 @@ async fn the_leader_renews_its_lease_and_releases_it_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // SIGTERM: the webhook drains, exits, and gives the lease up for the next replica.
-    let webhook = h.webhook.as_mut().unwrap();
-    Command::new("kill").args(["-TERM", &webhook.child.id().to_string()]).status().unwrap();
+    let webhook = h.local_webhook().unwrap();
+    webhook.terminate();
     let deadline = Instant::now() + Duration::from_secs(20);
-    while webhook.child.try_wait().unwrap().is_none() {
+    while !webhook.exited() {
         assert!(Instant::now() < deadline, "the webhook did not exit within 20s of SIGTERM");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -1170,13 +720,45 @@ async fn high_availability_restarts_leader_loss_and_upgrade_fail_no_admission() 
     }
 }
 
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
+async fn the_tests_refuse_to_run_beside_a_foreign_enforce_policy_that_selects_their_namespace() {
+    let cluster = Cluster::from_env().await;
+    cluster.install_trustgate_crd().await;
+    let mut cleanup = Cleanup::new(&cluster);
+    let namespace = format!("tg-refuse-{}", unique_suffix());
+    // It selects, by name, a namespace that is never created: were it left behind, it would
+    // change nothing for other tests.
+    let foreign = format!("e2e-foreign-{namespace}");
+    cleanup.add::<TrustedRegistryPolicy>(None, &foreign);
+    let spec = json!({"trustedRegistries": ["registry.k8s.io"],
+                      "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}});
+    apply_policy(&cluster.client, &foreign, spec).await.expect("apply the foreign policy");
+    let labels = |name: &str| {
+        BTreeMap::from([
+            (NAMESPACE_LABEL.0.to_owned(), NAMESPACE_LABEL.1.to_owned()),
+            ("kubernetes.io/metadata.name".to_owned(), name.to_owned()),
+        ])
+    };
+
+    let message = refusal(&cluster.client, &namespace, &labels(&namespace))
+        .await
+        .expect("a foreign Enforce policy selects the namespace: the tests refuse");
+    assert!(message.starts_with("refusing to run"), "{message}");
+    assert!(message.contains(&format!("{:?}", [&foreign])), "the message names the policy: {message}");
+
+    // Any other e2e namespace: only the cluster's Warn and Audit policies, and Enforce policies
+    // of other namespaces (.ci/e2e-foreign-policies.yaml), select it; no refusal.
+    let other = format!("tg-refuse-other-{}", unique_suffix());
+    let message = refusal(&cluster.client, &other, &labels(&other)).await;
+    assert_eq!(message, None, "no refusal beside the cluster's other policies");
+}
+
 /// Pure: runs without a cluster, under plain `cargo test`.
 #[test]
 fn only_enforce_policies_selecting_the_test_namespace_make_the_tests_refuse() {
     let policy = |name: &str, spec: Value| -> TrustedRegistryPolicy {
-        serde_json::from_value(json!({"apiVersion": "trustgate.dev/v1alpha1", "kind": "TrustedRegistryPolicy",
-                                      "metadata": {"name": name}, "spec": spec}))
-        .unwrap()
+        serde_json::from_value(e2e_support::cluster::policy(name, spec)).unwrap()
     };
     let policies = [
         policy("audit-all", json!({"mode": "Audit", "trustedRegistries": ["registry.k8s.io"]})),

@@ -4,39 +4,23 @@
 //! controller-manager creates) and a bare Pod, and asserts only about those namespaces, so other
 //! objects in the cluster do not matter. It runs the what-if as cluster-admin, as a
 //! ServiceAccount bound to the `view` ClusterRole, and as one that may only view one namespace.
+//! The harness (namespaces, cleanup) is tests/e2e_support's.
+
+mod e2e_support;
 
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use e2e_support::cluster::{Cleanup, Cluster, apply};
+use e2e_support::unique_suffix;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use k8s_openapi::api::core::v1::{Pod, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, RoleBinding};
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{ListParams, PostParams};
 use kube::config::Kubeconfig;
 use kube::{Api, Client};
 use serde_json::{Value, json};
-
-const MANAGER: &str = "trustgate-e2e";
-
-async fn client() -> Client {
-    if std::env::var_os("KUBECONFIG").is_none_or(|v| v.is_empty()) {
-        panic!("the e2e tests need a Kubernetes API server: set KUBECONFIG (`just e2e`)");
-    }
-    Client::try_default().await.expect("a client from KUBECONFIG")
-}
-
-fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{:x}{:05x}", std::process::id() % 0x100, nanos % 0x100000)
-}
-
-async fn apply<K>(api: &Api<K>, name: &str, object: Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&object)).await.expect("apply");
-}
 
 /// What a run of `trustgate check` printed and returned.
 struct Run {
@@ -108,32 +92,6 @@ async fn token(client: &Client, namespace: &str, name: &str) -> String {
     answer.status.expect("a token status").token
 }
 
-/// Removes what the test made, pass or fail.
-struct Cleanup {
-    namespaces: Vec<String>,
-    binding: String,
-}
-
-impl Drop for Cleanup {
-    fn drop(&mut self) {
-        let namespaces = std::mem::take(&mut self.namespaces);
-        let binding = self.binding.clone();
-        // A runtime of its own: the test's may be unwinding.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let client = Client::try_default().await.expect("a client from KUBECONFIG");
-                let dp = DeleteParams::default();
-                let _ = Api::<ClusterRoleBinding>::all(client.clone()).delete(&binding, &dp).await;
-                for ns in namespaces {
-                    let _ = Api::<Namespace>::all(client.clone()).delete(&ns, &dp).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 const POLICIES: &str = "\
 apiVersion: trustgate.dev/v1alpha1
 kind: TrustedRegistryPolicy
@@ -154,15 +112,13 @@ spec:
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
 async fn what_if_reports_top_level_owners_with_namespace_labels_and_works_read_only() {
-    let client = client().await;
+    let cluster = Cluster::from_env().await;
+    let client = cluster.client.clone();
+    let mut cleanup = Cleanup::new(&cluster);
     let suffix = unique_suffix();
     let (prod, dev) = (format!("tg-whatif-prod-{suffix}"), format!("tg-whatif-dev-{suffix}"));
-    let _cleanup = Cleanup { namespaces: vec![prod.clone(), dev.clone()], binding: format!("tg-whatif-view-{suffix}") };
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     for (ns, env) in [(&prod, "prod"), (&dev, "dev")] {
-        let object = json!({"apiVersion": "v1", "kind": "Namespace",
-            "metadata": {"name": ns, "labels": {"trustgate-e2e-env": env}}});
-        apply(&namespaces, ns, object).await;
+        cluster.create_namespace(&mut cleanup, ns, &[("trustgate-e2e-env", env)]).await;
     }
     let deployment = |name: &str, image: &str| {
         json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
@@ -248,6 +204,7 @@ async fn what_if_reports_top_level_owners_with_namespace_labels_and_works_read_o
     let viewer = token(&client, &prod, "viewer").await;
     let bindings: Api<ClusterRoleBinding> = Api::all(client.clone());
     let binding = format!("tg-whatif-view-{suffix}");
+    cleanup.add::<ClusterRoleBinding>(None, &binding);
     apply(
         &bindings,
         &binding,

@@ -10,7 +10,8 @@
 //! `/proc/PID/exe`; the ports of `up` are read from the cluster's own `run/config`.
 //!
 //! Each test runs TWO webhooks (`trustgate serve --policy-source kubernetes` on 127.0.0.1, the
-//! kit's webhook certificate) that share one Lease, and asserts:
+//! kit's webhook certificate; started, like the namespace and the cleanup, by the harness in
+//! tests/e2e_support) that share one Lease, and asserts:
 //! - admission keeps answering from the last snapshot throughout: AdmissionReviews are sent
 //!   straight to both webhooks over HTTPS all along (the API server cannot send any while it is
 //!   down) and every one gets HTTP 200 with the right decision;
@@ -23,28 +24,30 @@
 //!
 //! Each prints a `disruption:` line with what it measured.
 
+mod e2e_support;
+
+use std::future::Future;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use e2e_support::cluster::{Cleanup, Cluster, apply_policy};
+use e2e_support::serve::{LEASE_NAMESPACE, Serve, ServeOptions, http_get};
+use e2e_support::unique_suffix;
 use jiff::Timestamp;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::api::{Patch, PatchParams};
 use kube::{Api, Client};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{Value, json};
 use trustgate_core::api::TrustedRegistryPolicy;
 
-const MANAGER: &str = "trustgate-e2e-disruption";
 /// Trusted by the base policy and by the late one: admitted throughout.
 const TRUSTED: &str = "registry.my.com/team/app:1";
 /// Trusted by nothing: denied throughout.
@@ -117,10 +120,6 @@ impl Kit {
 
     fn kubeconfig(&self) -> PathBuf {
         self.local.join("kubeconfig")
-    }
-
-    fn pki(&self, name: &str) -> PathBuf {
-        self.local.join("pki").join(name)
     }
 
     /// `up`: starts what is missing (the kit then restarts the whole cluster, data kept) or
@@ -245,49 +244,6 @@ impl Drop for Restore<'_> {
     }
 }
 
-// ---------------------------------------------------------------- webhooks
-
-struct Webhook {
-    identity: String,
-    port: u16,
-    admin_port: u16,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Webhook {
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn metrics(&self) -> Option<String> {
-        http_get(self.admin_port, "/metrics").filter(|(status, _)| *status == 200).map(|(_, body)| body)
-    }
-
-    /// One sample of a gauge or counter without labels (or with the given label set).
-    fn metric(&self, name: &str) -> Option<f64> {
-        let text = self.metrics()?;
-        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-/// A plain HTTP GET on 127.0.0.1: (status, body).
-fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream =
-        TcpStream::connect_timeout(&SocketAddr::from(([127, 0, 0, 1], port)), Duration::from_secs(2)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let status = response.split_whitespace().nth(1)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Some((status, body))
-}
-
 // ---------------------------------------------------------------- reviews sent straight to the webhooks
 
 /// Sends AdmissionReviews over HTTPS, each on a new connection, as a client of the webhook.
@@ -297,9 +253,9 @@ struct ReviewClient {
 }
 
 impl ReviewClient {
-    fn new(ca: &Path) -> Self {
+    fn new(ca_pem: &str) -> Self {
         let mut roots = rustls::RootCertStore::empty();
-        roots.add(CertificateDer::from_pem_file(ca).expect("the kit's CA")).unwrap();
+        roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("the webhooks' CA")).unwrap();
         let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
             .unwrap()
@@ -465,23 +421,11 @@ struct Harness {
     client: Client,
     namespace: String,
     lease: String,
-    webhooks: Vec<Webhook>,
     reviews: ReviewClient,
-    policies: Vec<String>,
-    _dir: tempfile::TempDir,
-}
-
-fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{:x}{:05x}", std::process::id() % 0x100, nanos % 0x100000)
-}
-
-async fn client_for(kubeconfig: &Path) -> Client {
-    let kubeconfig = Kubeconfig::read_from(kubeconfig).expect("the kit's kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-        .await
-        .expect("a client configuration");
-    Client::try_from(config).expect("a client")
+    // Dropped in this order: the webhooks stop (and give the Lease up) before the Lease, the
+    // policies and the namespace are deleted.
+    webhooks: Vec<Serve>,
+    cleanup: Cleanup,
 }
 
 /// Retries `f` every 100 ms (each try cut at 2 s) until it succeeds; returns when it did.
@@ -504,66 +448,37 @@ async fn until_ok<T, E: std::fmt::Debug, F: Future<Output = Result<T, E>>>(
 impl Harness {
     async fn start(kit: Kit, test: &str) -> Harness {
         kit.up();
-        let client = client_for(&kit.kubeconfig()).await;
+        let cluster = Cluster::from_kubeconfig(&kit.kubeconfig()).await;
+        cluster.install_trustgate_crd().await;
+        let mut cleanup = Cleanup::new(&cluster);
         let namespace = format!("tg-dis-{test}-{}", unique_suffix());
-        install_crd(&client).await;
-        let ns = Namespace {
-            metadata: ObjectMeta { name: Some(namespace.clone()), ..ObjectMeta::default() },
-            ..Namespace::default()
-        };
-        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("create the namespace");
-        let reviews = ReviewClient::new(&kit.pki("ca.crt"));
-        let dir = tempfile::tempdir().unwrap();
-        let mut h = Harness {
-            lease: format!("trustgate-e2e-{namespace}"),
-            kit,
-            client,
-            namespace,
-            webhooks: Vec::new(),
-            reviews,
-            policies: Vec::new(),
-            _dir: dir,
-        };
+        cluster.create_namespace(&mut cleanup, &namespace, &[]).await;
+        let lease = format!("trustgate-e2e-{namespace}");
+        cleanup.add::<Lease>(Some(LEASE_NAMESPACE), &lease);
+        let pki = cluster.kit_pki().expect("the kit's pki/ beside its kubeconfig");
+        let reviews = ReviewClient::new(&std::fs::read_to_string(pki.join("ca.crt")).expect("the kit's CA"));
+        let client = cluster.client.clone();
+        let mut h = Harness { kit, client, namespace, lease, reviews, webhooks: Vec::new(), cleanup };
         let base = json!({"trustedRegistries": ["registry.my.com"],
                           "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": h.namespace}}});
         h.apply_policy("base", base).await.expect("apply the base policy");
         for name in ["a", "b"] {
-            let webhook = h.start_webhook(name);
+            let identity = format!("{}-{name}", h.namespace);
+            let options = ServeOptions {
+                identity: &identity,
+                lease: &h.lease,
+                audit_interval: "10m",
+                log_filter: "info,trustgate::server=warn",
+                args: &[],
+            };
+            let webhook = Serve::start(&cluster, options);
             h.webhooks.push(webhook);
         }
-        for w in &h.webhooks {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while http_get(w.admin_port, "/readyz").map(|(s, _)| s) != Some(200) {
-                assert!(Instant::now() < deadline, "{} is not ready after 30s:\n{}", w.identity, w.log());
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+        for w in &mut h.webhooks {
+            w.wait_ready().await;
         }
         h.wait_until("the base policy in force", Duration::from_secs(20), |h| h.all_answer(UNTRUSTED, false)).await;
         h
-    }
-
-    fn start_webhook(&self, name: &str) -> Webhook {
-        let identity = format!("{}-{name}", self.namespace);
-        let (port, admin_port) = (free_port(), free_port());
-        let log = self._dir.path().join(format!("webhook-{name}.log"));
-        let file = std::fs::File::create(&log).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_trustgate"))
-            .args(["serve", "--policy-source", "kubernetes", "--log-format", "text"])
-            .args(["--addr", &format!("127.0.0.1:{port}"), "--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .arg("--tls-cert")
-            .arg(self.kit.pki("webhook.crt"))
-            .arg("--tls-key")
-            .arg(self.kit.pki("webhook.key"))
-            .args(["--audit-interval", "10m", "--lease-namespace", "default", "--lease-name", &self.lease])
-            .args(["--identity", &identity])
-            .env("KUBECONFIG", self.kit.kubeconfig())
-            .env("RUST_LOG", "info,trustgate::server=warn")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().unwrap())
-            .stderr(file)
-            .spawn()
-            .expect("start the trustgate binary");
-        Webhook { identity, port, admin_port, child, log }
     }
 
     fn policy_name(&self, name: &str) -> String {
@@ -572,15 +487,8 @@ impl Harness {
 
     async fn apply_policy(&mut self, name: &str, spec: Value) -> Result<(), kube::Error> {
         let name = self.policy_name(name);
-        let policy = json!({"apiVersion": "trustgate.dev/v1alpha1", "kind": "TrustedRegistryPolicy",
-                            "metadata": {"name": name}, "spec": spec});
-        if !self.policies.contains(&name) {
-            self.policies.push(name.clone());
-        }
-        Api::<TrustedRegistryPolicy>::all(self.client.clone())
-            .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&policy))
-            .await
-            .map(drop)
+        self.cleanup.add::<TrustedRegistryPolicy>(None, &name);
+        apply_policy(&self.client, &name, spec).await.map(drop)
     }
 
     /// The late policy: trusts only registry.my.com/team, in namespaces that carry the label.
@@ -612,7 +520,7 @@ impl Harness {
     }
 
     async fn lease(&self) -> Option<Lease> {
-        let leases = Api::<Lease>::namespaced(self.client.clone(), "default");
+        let leases = Api::<Lease>::namespaced(self.client.clone(), LEASE_NAMESPACE);
         tokio::time::timeout(Duration::from_secs(2), leases.get_opt(&self.lease)).await.ok()?.ok()?
     }
 
@@ -639,62 +547,10 @@ impl Harness {
 
 impl Drop for Harness {
     fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
+        // All at once; each is then awaited as it is dropped.
         for w in &mut self.webhooks {
-            let _ = Command::new("kill").args(["-TERM", &w.child.id().to_string()]).status();
+            w.terminate();
         }
-        for w in &mut self.webhooks {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while w.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = w.child.kill();
-            let _ = w.child.wait();
-        }
-        let (kubeconfig, namespace, lease) = (self.kit.kubeconfig(), self.namespace.clone(), self.lease.clone());
-        let policies = std::mem::take(&mut self.policies);
-        // A runtime of its own: the test's may be unwinding.
-        let cleanup = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let client = client_for(&kubeconfig).await;
-                let dp = DeleteParams::default();
-                let _ = Api::<Lease>::namespaced(client.clone(), "default").delete(&lease, &dp).await;
-                for policy in policies {
-                    let _ = Api::<TrustedRegistryPolicy>::all(client.clone()).delete(&policy, &dp).await;
-                }
-                let _ = Api::<Namespace>::all(client).delete(&namespace, &dp).await;
-            });
-        });
-        let _ = cleanup.join();
-    }
-}
-
-/// Installs (or updates) the CRD from `trustgate crd` and waits until it is served.
-async fn install_crd(client: &Client) {
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    let name = "trustedregistrypolicies.trustgate.dev";
-    let output = Command::new(env!("CARGO_BIN_EXE_trustgate")).arg("crd").output().expect("run `trustgate crd`");
-    assert!(output.status.success(), "`trustgate crd` failed: {}", String::from_utf8_lossy(&output.stderr));
-    let crd: CustomResourceDefinition =
-        serde_saphyr::from_str(&String::from_utf8(output.stdout).unwrap()).expect("`trustgate crd` prints a CRD");
-    api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd)).await.expect("apply the CRD");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let established = api.get_opt(name).await.expect("read the CRD").is_some_and(|crd| {
-            crd.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if established {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the CRD {name} is not established after 30s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
@@ -799,7 +655,7 @@ async fn survive(test: &str, disruption: Disruption) {
     let holders = {
         let (client, lease, samples, stop) = (h.client.clone(), h.lease.clone(), samples.clone(), stop.clone());
         tokio::spawn(async move {
-            let leases = Api::<Lease>::namespaced(client, "default");
+            let leases = Api::<Lease>::namespaced(client, LEASE_NAMESPACE);
             while !stop.load(Ordering::Relaxed) {
                 let at = Instant::now();
                 if let Ok(Ok(Some(l))) = tokio::time::timeout(Duration::from_secs(1), leases.get_opt(&lease)).await {
@@ -820,14 +676,7 @@ async fn survive(test: &str, disruption: Disruption) {
     let spec = h.late_spec("registry.my.com/team");
     let ((), written) = until_ok("write the late policy", Duration::from_secs(60), || {
         let (client, name, spec) = (h.client.clone(), h.policy_name("late"), spec.clone());
-        async move {
-            let policy = json!({"apiVersion": "trustgate.dev/v1alpha1", "kind": "TrustedRegistryPolicy",
-                                "metadata": {"name": name}, "spec": spec});
-            Api::<TrustedRegistryPolicy>::all(client)
-                .patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&policy))
-                .await
-                .map(drop)
-        }
+        async move { apply_policy(&client, &name, spec).await.map(drop) }
     })
     .await;
     let recovered_at = Timestamp::now();
@@ -835,10 +684,8 @@ async fn survive(test: &str, disruption: Disruption) {
         let took = up.await.expect("the kit's up");
         eprintln!("disruption: `up` brought the whole cluster back in {took:.1?}");
     }
-    if !h.policies.contains(&h.policy_name("late")) {
-        let name = h.policy_name("late");
-        h.policies.push(name);
-    }
+    let late = h.policy_name("late");
+    h.cleanup.add::<TrustedRegistryPolicy>(None, &late);
     until_ok("label the namespace", Duration::from_secs(30), || h.label_namespace()).await;
 
     h.wait_until("the late policy in force", Duration::from_secs(30), |h| h.all_answer(PROBE, false)).await;

@@ -5,65 +5,19 @@
 //! (tests/fixtures/policyreport-crd.yaml) and trustgate's CRD, runs the binary on 127.0.0.1
 //! with a Lease of its own, and asserts only about its own namespaces and policies.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod e2e_support;
 
+use std::time::Duration;
+
+use e2e_support::cluster::{Cleanup, Cluster, apply, apply_policy, eventually};
+use e2e_support::serve::{LEASE_NAMESPACE, Serve, ServeOptions};
+use e2e_support::unique_suffix;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Namespace, Pod};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
-use kube::{Api, Client};
+use k8s_openapi::api::core::v1::Pod;
+use kube::Api;
+use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind};
 use serde_json::{Value, json};
-
-const MANAGER: &str = "trustgate-e2e";
-
-async fn client() -> Client {
-    if std::env::var_os("KUBECONFIG").is_none_or(|v| v.is_empty()) {
-        panic!("the e2e tests need a Kubernetes API server: set KUBECONFIG (`just e2e`)");
-    }
-    Client::try_default().await.expect("a client from KUBECONFIG")
-}
-
-fn unique_suffix() -> String {
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
-    format!("{:x}{:05x}", std::process::id() % 0x100, nanos % 0x100000)
-}
-
-async fn apply<K>(api: &Api<K>, name: &str, object: Value)
-where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
-{
-    api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&object)).await.expect("apply");
-}
-
-async fn install_crd(client: &Client, yaml: &str) {
-    let crd: CustomResourceDefinition = serde_saphyr::from_str(yaml).expect("a CRD");
-    let name = crd.metadata.name.clone().unwrap();
-    let api = Api::<CustomResourceDefinition>::all(client.clone());
-    api.patch(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&crd)).await.expect("apply the CRD");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let established = api.get_opt(&name).await.expect("read the CRD").is_some_and(|crd| {
-            crd.status
-                .and_then(|s| s.conditions)
-                .unwrap_or_default()
-                .iter()
-                .any(|c| c.type_ == "Established" && c.status == "True")
-        });
-        if established {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the CRD {name} is not established after 30s");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn policy_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk("trustgate.dev", "v1alpha1", "TrustedRegistryPolicy"),
-        "trustedregistrypolicies",
-    )
-}
+use trustgate_core::api::TrustedRegistryPolicy;
 
 fn report_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(
@@ -72,124 +26,43 @@ fn report_resource() -> ApiResource {
     )
 }
 
-/// The server under test and everything the test made; removed when the test ends, pass or fail.
-struct Harness {
-    child: Child,
-    log: std::path::PathBuf,
-    namespaces: Vec<String>,
-    policies: Vec<String>,
-    lease: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Drop for Harness {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("--- trustgate log ---\n{}", std::fs::read_to_string(&self.log).unwrap_or_default());
-        }
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let (namespaces, policies, lease) =
-            (std::mem::take(&mut self.namespaces), std::mem::take(&mut self.policies), self.lease.clone());
-        // A runtime of its own: the test's may be unwinding.
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            runtime.block_on(async move {
-                let client = Client::try_default().await.expect("a client from KUBECONFIG");
-                let dp = DeleteParams::default();
-                for p in policies {
-                    let _ = Api::<DynamicObject>::all_with(client.clone(), &policy_resource()).delete(&p, &dp).await;
-                }
-                let _ = Api::<Lease>::namespaced(client.clone(), "default").delete(&lease, &dp).await;
-                for ns in namespaces {
-                    let _ = Api::<Namespace>::all(client.clone()).delete(&ns, &dp).await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
-/// Polls `f` every 250 ms until it gives a value; fails after `limit`.
-async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
-    what: &str,
-    limit: Duration,
-    mut f: impl FnMut() -> F,
-) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
 async fn the_audit_writes_policy_reports_keeps_them_steady_and_deletes_stale_ones() {
-    let client = client().await;
-    install_crd(&client, include_str!("fixtures/policyreport-crd.yaml")).await;
-    let crd = Command::new(env!("CARGO_BIN_EXE_trustgate")).arg("crd").output().expect("trustgate crd");
-    install_crd(&client, &String::from_utf8(crd.stdout).unwrap()).await;
+    let cluster = Cluster::from_env().await;
+    let client = cluster.client.clone();
+    cluster.install_crd(include_str!("fixtures/policyreport-crd.yaml")).await;
+    cluster.install_trustgate_crd().await;
+    let mut cleanup = Cleanup::new(&cluster);
 
     let suffix = unique_suffix();
     let (bad, good) = (format!("tg-polr-bad-{suffix}"), format!("tg-polr-good-{suffix}"));
     let (enforce, audit) = (format!("e2e-polr-enforce-{suffix}"), format!("e2e-polr-audit-{suffix}"));
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("trustgate.log");
     let lease = format!("tg-polr-{suffix}");
-    let child = Command::new(env!("CARGO_BIN_EXE_trustgate"))
-        .args(["serve", "--self-signed", "--addr", "127.0.0.1:0", "--admin-addr", "127.0.0.1:0"])
-        .arg("--ca-bundle-out")
-        .arg(dir.path().join("ca.pem"))
-        .args(["--policy-source", "kubernetes", "--policy-reports", "--audit-interval", "1s"])
-        .args(["--lease-namespace", "default", "--lease-name", &lease, "--identity", &lease])
-        .args(["--log-format", "text"])
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("start trustgate serve");
-    let _harness = Harness {
-        child,
-        log,
-        namespaces: vec![bad.clone(), good.clone()],
-        policies: vec![enforce.clone(), audit.clone()],
-        lease,
-        _dir: dir,
+    cleanup.add::<Lease>(Some(LEASE_NAMESPACE), &lease);
+    let options = ServeOptions {
+        identity: &lease,
+        lease: &lease,
+        audit_interval: "1s",
+        log_filter: "info",
+        args: &["--policy-reports"],
     };
+    let mut serve = Serve::start(&cluster, options);
+    serve.wait_ready().await;
 
-    let namespaces: Api<Namespace> = Api::all(client.clone());
     for ns in [&bad, &good] {
-        apply(&namespaces, ns, json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await;
+        cluster.create_namespace(&mut cleanup, ns, &[]).await;
     }
     // Both policies apply to this test's namespaces only.
     let selector =
         json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [bad, good]}]});
-    let policies: Api<DynamicObject> = Api::all_with(client.clone(), &policy_resource());
-    let policy = |name: &str, spec: Value| json!({"apiVersion": "trustgate.dev/v1alpha1", "kind": "TrustedRegistryPolicy", "metadata": {"name": name}, "spec": spec});
-    apply(
-        &policies,
-        &enforce,
-        policy(&enforce, json!({"trustedRegistries": ["registry.my.com"], "namespaceSelector": selector})),
-    )
-    .await;
-    apply(
-        &policies,
-        &audit,
-        policy(
-            &audit,
-            json!({"mode": "Audit", "trustedRegistries": ["registry.my.com", "docker.io"], "tags": {"deny": ["latest"]},
-                "namespaceSelector": selector}),
-        ),
-    )
-    .await;
+    cleanup.add::<TrustedRegistryPolicy>(None, &enforce);
+    cleanup.add::<TrustedRegistryPolicy>(None, &audit);
+    let spec = json!({"trustedRegistries": ["registry.my.com"], "namespaceSelector": selector});
+    apply_policy(&client, &enforce, spec).await.expect("apply");
+    let spec = json!({"mode": "Audit", "trustedRegistries": ["registry.my.com", "docker.io"],
+                      "tags": {"deny": ["latest"]}, "namespaceSelector": selector});
+    apply_policy(&client, &audit, spec).await.expect("apply");
     let pods = |ns: &str| Api::<Pod>::namespaced(client.clone(), ns);
     let pod = |name: &str, image: &str| {
         json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
@@ -259,7 +132,7 @@ async fn the_audit_writes_policy_reports_keeps_them_steady_and_deletes_stale_one
     // The enforce policy now trusts docker.io too: the audit result is left; with the Pods gone,
     // the report goes.
     let trusting = json!({"trustedRegistries": ["registry.my.com", "docker.io"], "namespaceSelector": selector});
-    apply(&policies, &enforce, policy(&enforce, trusting)).await;
+    apply_policy(&client, &enforce, trusting).await.expect("apply");
     eventually("the report to drop the untrusted result", Duration::from_secs(30), || {
         let api = reports(&bad);
         let (enforce, audit) = (enforce.clone(), audit.clone());

@@ -1,33 +1,47 @@
-//! Shared by tests/e2e.rs and tests/e2e_semantics.rs: where the chart under test is, its Pods'
-//! logs for failure messages, and the count of right answers in a row that waits use.
+//! The e2e harness, shared by every tests/e2e*.rs file (`mod e2e_support;`): the cluster and
+//! what a test makes in it ([`cluster`]), `trustgate serve` processes on 127.0.0.1 ([`serve`]),
+//! the webhook under test, local or the chart's, with policies and waits ([`harness`]), and the
+//! chart's release and logs ([`chart`]).
+//!
+//! `TRUSTGATE_E2E_MODE` picks the webhook: `local` (the default) starts one per test on
+//! 127.0.0.1, `in-cluster` uses the one the Helm chart installed (`.ci/e2e.sh node`).
 // Each test file uses its own part of this module.
 #![allow(dead_code)]
 
-use std::process::Command;
+pub mod chart;
+pub mod cluster;
+pub mod harness;
+pub mod serve;
+
 use std::time::Duration;
 
-/// Where the chart under test is installed (in-cluster mode): (namespace, release name), from
-/// `TRUSTGATE_E2E_RELEASE` (`namespace/name`, default `trustgate-system/trustgate`).
-pub fn release() -> (String, String) {
-    let value = std::env::var("TRUSTGATE_E2E_RELEASE").unwrap_or_else(|_| "trustgate-system/trustgate".to_owned());
-    let (namespace, name) =
-        value.split_once('/').unwrap_or_else(|| panic!("TRUSTGATE_E2E_RELEASE={value:?}: expected namespace/name"));
-    (namespace.to_owned(), name.to_owned())
+/// Field manager of everything the tests write.
+pub const MANAGER: &str = "trustgate-e2e";
+/// The label every test namespace carries: `.ci/e2e.sh` deletes what an earlier run left by it.
+pub const NAMESPACE_LABEL: (&str, &str) = ("trustgate.dev/e2e", "true");
+
+/// Which webhook the tests send their requests to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Start the webhook on 127.0.0.1 and register it by URL.
+    Local,
+    /// Use the webhook the Helm chart installed.
+    InCluster,
 }
 
-/// The last lines of the chart's Pods' logs, for a failure message (through kubectl, as the e2e
-/// scripts run the tests).
-pub fn chart_pod_logs() -> String {
-    let (namespace, name) = release();
-    let selector = format!("app.kubernetes.io/instance={name}");
-    match Command::new("kubectl").args(["logs", "-n", &namespace, "-l", &selector, "--tail=40", "--prefix"]).output() {
-        Ok(out) => format!(
-            "\nwebhook Pods' logs (kubectl logs -n {namespace} -l {selector} --tail=40):\n{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        Err(error) => format!("\n(no webhook logs: kubectl: {error})"),
+/// The mode `TRUSTGATE_E2E_MODE` asks for.
+pub fn mode() -> Mode {
+    match std::env::var("TRUSTGATE_E2E_MODE").as_deref() {
+        Err(_) | Ok("") | Ok("local") => Mode::Local,
+        Ok("in-cluster") => Mode::InCluster,
+        Ok(other) => panic!("TRUSTGATE_E2E_MODE={other:?}: expected \"local\" (the default) or \"in-cluster\""),
     }
+}
+
+/// A suffix that makes the names of one test run unique in a shared cluster.
+pub fn unique_suffix() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("{:x}{:05x}", std::process::id() % 0x100, nanos % 0x100000)
 }
 
 /// Right answers in a row: in a cluster the Service spreads reviews over replicas that each
