@@ -281,6 +281,10 @@ fn resource(kind: &str) -> ApiResource {
     let (group, plural) = match kind {
         "Pod" => ("", "pods"),
         "Deployment" => ("apps", "deployments"),
+        "ReplicaSet" => ("apps", "replicasets"),
+        "StatefulSet" => ("apps", "statefulsets"),
+        "DaemonSet" => ("apps", "daemonsets"),
+        "Job" => ("batch", "jobs"),
         "CronJob" => ("batch", "cronjobs"),
         other => panic!("no resource for {other}"),
     };
