@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 
 use crate::MANAGER;
 use crate::audit::{Owner, Sink};
-use crate::pager::{PAGE_SIZE, each_page};
+use crate::pager::{PAGE_SIZE, PageError, each_page};
 use trustgate_core::api::Mode;
 use trustgate_core::engine::Violation;
 
@@ -213,7 +213,7 @@ pub enum PolicyReportError {
     #[error("the PolicyReport CRD (policyreports.wgpolicyk8s.io/v1alpha2) is not installed")]
     CrdMissing,
     #[error("failed to list the PolicyReports labelled {MANAGED_BY_LABEL}={MANAGER}")]
-    List(#[source] kube::Error),
+    List(#[source] PageError),
 }
 
 /// Writes the reports of each audit run; remembers whether it said the CRD is missing.
@@ -257,8 +257,8 @@ impl ReportWriter {
         let all: Api<DynamicObject> = Api::all_with(self.client.clone(), &resource);
         let mut existing = Vec::new();
         let params = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}")).limit(PAGE_SIZE);
-        each_page(&all, params, |page| existing.extend_from_slice(page)).await.map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => PolicyReportError::CrdMissing,
+        each_page(&all, params, None, |page| existing.extend_from_slice(page)).await.map_err(|e| match e {
+            PageError::Api(kube::Error::Api(s)) if s.code == 404 => PolicyReportError::CrdMissing,
             e => PolicyReportError::List(e),
         })?;
         let post = PostParams { field_manager: Some(MANAGER.to_owned()), ..PostParams::default() };

@@ -502,7 +502,7 @@ async fn audit_loop(
             };
             let started = std::time::Instant::now();
             let sink = report_writer.is_some().then(PolicyReports::default);
-            let run = audit::run(&client, &snapshot, PAGE_SIZE, Timestamp::now(), sink);
+            let run = audit::run(&client, &snapshot, PAGE_SIZE, None, Timestamp::now(), sink);
             let report = tokio::select! {
                 _ = shutdown.cancelled() => return,
                 _ = leader.wait_for(|l| !*l) => break,
