@@ -14,3 +14,6 @@ pub mod watch;
 /// How trustgate names itself to the API server: the field manager of every write, the
 /// `app.kubernetes.io/managed-by` value and the result `source` of its PolicyReports.
 pub const MANAGER: &str = "trustgate";
+
+#[cfg(test)]
+mod mock_api;
