@@ -561,7 +561,7 @@ mod tests {
         let tls = TlsMetrics::register(&mut registry);
         tls.reloaded();
         SourceMetrics::register(&mut registry).reloaded();
-        trustgate_cluster::watch::WatchMetrics::register(&mut registry).touch_every_family();
+        trustgate_cluster::watch::KubeSourceMetrics::register(&mut registry).touch_every_family();
         // trustgate_policies is reported once a snapshot is published.
         let (policies, _) = trustgate_core::engine::PolicySet::compile(std::iter::empty());
         store.publish(trustgate_core::engine::snapshot::Snapshot { policies, namespaces: None });

@@ -10,7 +10,8 @@
 //! [`Audit`] is the pure aggregation; [`run`] drives it (bounded memory: one page, at most
 //! [`MAX_SAMPLES`] samples per policy are held at a time, plus what its [`Sink`] keeps: the
 //! PolicyReports of `policy_report` hold at most their `MAX_RESULTS` results per namespace).
-//! The audit knows the policy status it computes; other formats are sinks it feeds.
+//! The audit knows the policy status it computes; other formats are sinks it feeds. Imports
+//! `pager`; the leader's `auditor` and the sinks (`policy_report`) import this.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -149,6 +150,14 @@ pub trait Sink {
 /// No other sink.
 impl Sink for () {
     fn record(&mut self, _: &Owner<'_>, _: &[Violation]) {}
+}
+
+/// Two sinks, each fed every object.
+impl<A: Sink, B: Sink> Sink for (A, B) {
+    fn record(&mut self, owner: &Owner<'_>, violations: &[Violation]) {
+        self.0.record(owner, violations);
+        self.1.record(owner, violations);
+    }
 }
 
 /// A sink that is there or not.

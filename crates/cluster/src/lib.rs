@@ -3,12 +3,15 @@
 //! and the process plumbing of `admission` (`metrics`, `poll`); never the admission server.
 
 pub mod audit;
+pub mod auditor;
+pub mod election;
 pub mod file_source;
 pub mod index;
 pub mod lease;
 pub mod pager;
 pub mod policy_report;
 pub mod status;
+pub mod status_writer;
 pub mod watch;
 
 /// How trustgate names itself to the API server: the field manager of every write, the

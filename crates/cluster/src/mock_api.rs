@@ -6,12 +6,13 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response};
+use http::{HeaderMap, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full};
 use kube::Client;
 use kube::client::Body;
 use serde_json::{Value, json};
+use tokio::sync::oneshot;
 use tower_test::mock::{self, SendResponse};
 
 pub(crate) type ResponseBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -50,4 +51,19 @@ pub(crate) fn json_response(status: u16, value: &Value) -> Response<ResponseBody
 /// A list of `items`, complete in one page.
 pub(crate) fn list(items: Vec<Value>) -> Value {
     json!({"apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items})
+}
+
+/// An answer whose body never ends, as from a server that froze half-way through, and a
+/// receiver that resolves once the client drops the body: the call was abandoned.
+pub(crate) fn endless() -> (Response<ResponseBody>, oneshot::Receiver<()>) {
+    let (dropped, abandoned) = oneshot::channel::<()>();
+    let trailers = async move {
+        // Held until the body is dropped; its sender dropping is what the receiver sees.
+        let _dropped = dropped;
+        std::future::pending::<Option<Result<HeaderMap, Infallible>>>().await
+    };
+    let body = Full::new(Bytes::new()).with_trailers(trailers).boxed_unsync();
+    let response =
+        Response::builder().status(200).header("content-type", "application/json").body(body).expect("a response");
+    (response, abandoned)
 }

@@ -11,7 +11,8 @@
 //!
 //! [`PolicyReports`] is the pure construction (an audit [`Sink`]); [`ReportWriter`] creates,
 //! updates and deletes the objects so the cluster holds exactly one report per namespace with
-//! findings. Imports `audit` and `pager`; only `watch` imports this.
+//! findings, as a [`Publisher`] of the leader's audit. Imports `audit`, `auditor` and `pager`;
+//! only `watch` imports this.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -25,8 +26,9 @@ use serde_json::{Value, json};
 
 use crate::MANAGER;
 use crate::audit::{Owner, Sink};
+use crate::auditor::Publisher;
 use crate::pager::{PAGE_SIZE, PageError, each_page};
-use trustgate_core::api::Mode;
+use trustgate_core::api::{AuditStatus, Mode};
 use trustgate_core::engine::Violation;
 
 /// The name of trustgate's report in each namespace.
@@ -329,6 +331,25 @@ impl ReportWriter {
             }
         }
         Ok(synced)
+    }
+}
+
+/// The leader's audit writes its findings as reports.
+impl Publisher for ReportWriter {
+    type Findings = PolicyReports;
+
+    fn start(&self) -> PolicyReports {
+        PolicyReports::default()
+    }
+
+    async fn publish(&mut self, _: &BTreeMap<String, AuditStatus>, reports: PolicyReports) {
+        match self.sync(reports.into_objects(Timestamp::now())).await {
+            Ok(synced) => tracing::debug!(?synced, "PolicyReports written"),
+            Err(error) => {
+                let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(%error, %source, "failed to write PolicyReports; retrying at the next audit");
+            }
+        }
     }
 }
 
