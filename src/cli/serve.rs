@@ -365,7 +365,8 @@ async fn serve(
             let (store, shutdown) = (store.clone(), shutdown.clone());
             source_task = Some(tokio::spawn(async move {
                 if let Err(error) = source.run(client, store, shutdown).await {
-                    tracing::error!(error = format!("{error:#}"), "the Kubernetes policy source stopped");
+                    let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+                    tracing::error!(%error, %source, "the Kubernetes policy source stopped");
                 }
             }));
         }

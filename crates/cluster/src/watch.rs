@@ -164,6 +164,13 @@ impl KubeSourceMetrics {
     }
 }
 
+/// Why the source stopped before shutdown. Nothing stops it today: every failure only delays
+/// (the watch retries, the leader's jobs retry at their next round). The type keeps a failure
+/// added later a new variant, not a new signature for the caller.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KubeSourceError {}
+
 /// The `--policy-source kubernetes` policy source.
 pub struct KubeSource {
     config: WatchConfig,
@@ -177,7 +184,12 @@ impl KubeSource {
     }
 
     /// Watches, elects, writes status and audits until `shutdown`; then releases the lease.
-    pub async fn run(self, client: Client, store: Arc<Store>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        client: Client,
+        store: Arc<Store>,
+        shutdown: CancellationToken,
+    ) -> Result<(), KubeSourceError> {
         let KubeSource { config, metrics } = self;
         let (view_tx, view_rx) = channel::channel::<PolicyView>(None);
         let (leader_tx, leadership) = Leadership::channel();
