@@ -457,7 +457,8 @@ mod audit {
                 }
             }
         };
-        let (report, lines) = tokio::join!(audit::run(&client, &snapshot, 2, time("2026-01-01T00:00:00Z"), ()), server);
+        let (report, lines) =
+            tokio::join!(audit::run(&client, &snapshot, 2, None, time("2026-01-01T00:00:00Z"), ()), server);
         assert_eq!(
             lines,
             [
@@ -492,7 +493,7 @@ mod audit {
             assert_eq!(request.line(), "GET /apis/apps/v1/deployments?&limit=500");
             send.send_response(status_response(403, "Forbidden"));
         };
-        let (report, ()) = tokio::join!(audit::run(&client, &snapshot, 500, Timestamp::now(), ()), server);
+        let (report, ()) = tokio::join!(audit::run(&client, &snapshot, 500, None, Timestamp::now(), ()), server);
         let error = report.unwrap_err();
         assert_eq!(error.to_string(), "failed to list deployments");
     }

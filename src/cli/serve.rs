@@ -388,7 +388,8 @@ async fn serve(
             let (store, shutdown) = (store.clone(), shutdown.clone());
             source_task = Some(tokio::spawn(async move {
                 if let Err(error) = source.run(client, store, shutdown).await {
-                    tracing::error!(error = format!("{error:#}"), "the Kubernetes policy source stopped");
+                    let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+                    tracing::error!(%error, %source, "the Kubernetes policy source stopped");
                 }
             }));
         }
@@ -596,7 +597,7 @@ mod tests {
         let tls = TlsMetrics::register(&mut registry);
         tls.reloaded();
         SourceMetrics::register(&mut registry).reloaded();
-        trustgate_cluster::watch::WatchMetrics::register(&mut registry).touch_every_family();
+        trustgate_cluster::watch::KubeSourceMetrics::register(&mut registry).touch_every_family();
         // trustgate_policies is reported once a snapshot is published.
         let (policies, _) = trustgate_core::engine::PolicySet::compile(std::iter::empty());
         store.publish(trustgate_core::engine::snapshot::Snapshot { policies, namespaces: None });

@@ -19,7 +19,7 @@ use trustgate_cluster::audit::{self, AuditError};
 use trustgate_core::engine::PolicySet;
 use trustgate_core::engine::snapshot::{NamespaceLabels, Snapshot};
 
-use trustgate_cluster::pager::PAGE_SIZE;
+use trustgate_cluster::pager::{PAGE_SIZE, PageError};
 
 /// Which cluster, and which part of it.
 #[derive(Debug, Clone, Default)]
@@ -46,7 +46,7 @@ pub enum WhatIfError {
     #[error("namespace {0} does not exist")]
     NoSuchNamespace(String),
     #[error("cannot list namespaces")]
-    Namespaces(#[source] kube::Error),
+    Namespaces(#[source] PageError),
     #[error(transparent)]
     List(#[from] AuditError),
 }
@@ -95,12 +95,13 @@ async fn namespace_labels(client: &Client, only: Option<&str>) -> Result<Option<
             Err(e) => return Err(WhatIfError::Namespace(ns.to_owned(), e)),
         },
         None => {
-            let listed = trustgate_cluster::pager::each_page(&api, ListParams::default().limit(PAGE_SIZE), |page| {
-                page.iter().for_each(&mut add)
-            });
+            // No page timeout, here or for the workloads: unlike the leader, a command has
+            // someone to interrupt it, and a slow cluster is still worth waiting for.
+            let params = ListParams::default().limit(PAGE_SIZE);
+            let listed = trustgate_cluster::pager::each_page(&api, params, None, |page| page.iter().for_each(&mut add));
             match listed.await {
                 Ok(()) => {}
-                Err(e) if forbidden(&e) => return Ok(None),
+                Err(PageError::Api(e)) if forbidden(&e) => return Ok(None),
                 Err(e) => return Err(WhatIfError::Namespaces(e)),
             }
         }
@@ -159,7 +160,7 @@ pub async fn check_client(
     let mut progress = Progress::new();
     let mut listed = 0;
     let mut unreadable = 0;
-    let result = audit::list_workloads(client, namespace, PAGE_SIZE, |kind, page| {
+    let result = audit::list_workloads(client, namespace, PAGE_SIZE, None, |kind, page| {
         listed += page.len() as u64;
         progress.update(kind.plural, listed);
         for object in page {

@@ -10,18 +10,20 @@
 //! [`Audit`] is the pure aggregation; [`run`] drives it (bounded memory: one page, at most
 //! [`MAX_SAMPLES`] samples per policy are held at a time, plus what its [`Sink`] keeps: the
 //! PolicyReports of `policy_report` hold at most their `MAX_RESULTS` results per namespace).
-//! The audit knows the policy status it computes; other formats are sinks it feeds.
+//! The audit knows the policy status it computes; other formats are sinks it feeds. Imports
+//! `pager`; the leader's `auditor` and the sinks (`policy_report`) import this.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, ListParams};
 use kube::{Api, Client};
 
-use crate::pager::each_page;
+use crate::pager::{PageError, each_page};
 use trustgate_core::api::{AuditSample, AuditStatus};
 use trustgate_core::engine::Violation;
 use trustgate_core::engine::snapshot::Snapshot;
@@ -150,6 +152,14 @@ impl Sink for () {
     fn record(&mut self, _: &Owner<'_>, _: &[Violation]) {}
 }
 
+/// Two sinks, each fed every object.
+impl<A: Sink, B: Sink> Sink for (A, B) {
+    fn record(&mut self, owner: &Owner<'_>, violations: &[Violation]) {
+        self.0.record(owner, violations);
+        self.1.record(owner, violations);
+    }
+}
+
 /// A sink that is there or not.
 impl<S: Sink> Sink for Option<S> {
     fn record(&mut self, owner: &Owner<'_>, violations: &[Violation]) {
@@ -269,7 +279,7 @@ pub enum AuditError {
     List {
         plural: &'static str,
         #[source]
-        source: kube::Error,
+        source: PageError,
     },
 }
 
@@ -287,12 +297,14 @@ pub struct AuditReport<S> {
 }
 
 /// Lists every audited kind, cluster-wide or in `namespace` only, `page_size` objects at a
-/// time, handing each page to `visit`; returns how many objects of each kind were listed.
-/// Only the `list` verb is used, so a read-only (`view`) identity is enough.
+/// time (each page abandoned after `page_timeout`, if given), handing each page to `visit`;
+/// returns how many objects of each kind were listed. Only the `list` verb is used, so a
+/// read-only (`view`) identity is enough.
 pub async fn list_workloads(
     client: &Client,
     namespace: Option<&str>,
     page_size: u32,
+    page_timeout: Option<Duration>,
     mut visit: impl FnMut(&AuditedKind, &[DynamicObject]),
 ) -> Result<BTreeMap<&'static str, u64>, AuditError> {
     let mut listed = BTreeMap::new();
@@ -302,7 +314,7 @@ pub async fn list_workloads(
             None => Api::all_with(client.clone(), &kind.api_resource()),
         };
         let mut count = 0;
-        each_page(&api, ListParams::default().limit(page_size), |page| {
+        each_page(&api, ListParams::default().limit(page_size), page_timeout, |page| {
             count += page.len() as u64;
             visit(kind, page);
         })
@@ -313,18 +325,20 @@ pub async fn list_workloads(
     Ok(listed)
 }
 
-/// Lists every audited kind cluster-wide, `page_size` objects at a time, and evaluates each,
-/// feeding `sink` too. A failed list fails the run: a partial count would read as a real one.
+/// Lists every audited kind cluster-wide, `page_size` objects at a time (each page abandoned
+/// after `page_timeout`, if given), and evaluates each, feeding `sink` too. A failed list fails
+/// the run: a partial count would read as a real one.
 pub async fn run<S: Sink>(
     client: &Client,
     snapshot: &Snapshot,
     page_size: u32,
+    page_timeout: Option<Duration>,
     now: Timestamp,
     sink: S,
 ) -> Result<AuditReport<S>, AuditError> {
     let mut audit = Audit::new(snapshot, now).with_sink(sink);
     let mut unreadable = 0;
-    let listed = list_workloads(client, None, page_size, |kind, page| {
+    let listed = list_workloads(client, None, page_size, page_timeout, |kind, page| {
         for object in page {
             if let Err(e) = audit.record(snapshot, kind.kind, &object.metadata, &object.data) {
                 unreadable += 1;

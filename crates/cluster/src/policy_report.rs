@@ -10,10 +10,14 @@
 //! `summary.pass` stays 0. A report keeps at most [`MAX_RESULTS`] results (the first ones in
 //! kind, name, policy, rule order, like `status.audit.samples`); its summary counts them all.
 //!
-//! [`PolicyReports`] is the pure construction; [`ReportWriter`] creates, updates and deletes the
-//! objects so the cluster holds exactly one report per namespace with findings.
+//! [`PolicyReports`] is the pure construction (an audit [`Sink`]); [`ReportWriter`] creates,
+//! updates and deletes the objects so the cluster holds exactly one report per namespace with
+//! findings, as a [`Publisher`] of the leader's audit. Imports `audit`, `auditor` and `pager`;
+//! only `watch` imports this.
 
 use std::collections::BTreeMap;
+use std::future::Future;
+use std::time::Duration;
 
 use jiff::Timestamp;
 use kube::api::{ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, PostParams};
@@ -23,8 +27,9 @@ use serde_json::{Value, json};
 
 use crate::MANAGER;
 use crate::audit::{Owner, Sink};
-use crate::pager::{PAGE_SIZE, each_page};
-use trustgate_core::api::Mode;
+use crate::auditor::Publisher;
+use crate::pager::{PAGE_SIZE, PageError, each_page};
+use trustgate_core::api::{AuditStatus, Mode};
 use trustgate_core::engine::Violation;
 
 /// The label that tells one installation's reports from another's.
@@ -33,6 +38,15 @@ pub(crate) const INSTANCE_LABEL: &str = "app.kubernetes.io/instance";
 pub(crate) const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// At most this many results per report.
 pub(crate) const MAX_RESULTS: usize = 200;
+/// How long one page of the list of trustgate's reports may take: up to [`PAGE_SIZE`] reports
+/// of up to [`MAX_RESULTS`] results each, megabytes read from etcd. 60 s is the API server's
+/// own default `--request-timeout`: it gives up on a list by then itself.
+pub(crate) const REPORT_LIST_PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long one create, replace or delete of a report may take. A report is tens of
+/// kilobytes, and PolicyReports are what other policy engines' admission webhooks look at;
+/// the API server waits for each webhook up to its `timeoutSeconds`, at most 30 s. An answer
+/// later than that is not coming; the write is retried at the next audit.
+pub(crate) const REPORT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The PolicyReport resource (`wgpolicyk8s.io/v1alpha2`, plural `policyreports`).
 pub(crate) fn api_resource() -> ApiResource {
@@ -266,8 +280,25 @@ pub enum PolicyReportError {
     List {
         selector: String,
         #[source]
-        source: kube::Error,
+        source: PageError,
     },
+}
+
+/// A write of one report that failed or got no answer.
+#[derive(Debug, thiserror::Error)]
+enum WriteError {
+    #[error(transparent)]
+    Api(kube::Error),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// `write`, abandoned after [`REPORT_WRITE_TIMEOUT`].
+async fn within_timeout<T>(write: impl Future<Output = Result<T, kube::Error>>) -> Result<T, WriteError> {
+    match tokio::time::timeout(REPORT_WRITE_TIMEOUT, write).await {
+        Ok(result) => result.map_err(WriteError::Api),
+        Err(_) => Err(WriteError::Timeout(REPORT_WRITE_TIMEOUT)),
+    }
 }
 
 /// Writes the reports of each audit run; remembers whether it said the CRD is missing.
@@ -315,8 +346,9 @@ impl ReportWriter {
         // Only this installation's: another's reports are never listed, so never deleted.
         let selector = self.installation.selector();
         let params = ListParams::default().labels(&selector).limit(PAGE_SIZE);
-        each_page(&all, params, |page| existing.extend_from_slice(page)).await.map_err(|e| match e {
-            kube::Error::Api(s) if s.code == 404 => PolicyReportError::CrdMissing,
+        let listed = each_page(&all, params, Some(REPORT_LIST_PAGE_TIMEOUT), |page| existing.extend_from_slice(page));
+        listed.await.map_err(|e| match e {
+            PageError::Api(kube::Error::Api(s)) if s.code == 404 => PolicyReportError::CrdMissing,
             source => PolicyReportError::List { selector: selector.clone(), source },
         })?;
         let post = PostParams { field_manager: Some(MANAGER.to_owned()), ..PostParams::default() };
@@ -334,13 +366,13 @@ impl ReportWriter {
                 }
                 Some(mut new) => {
                     new.metadata.resource_version = old.metadata.resource_version.clone();
-                    api.replace(&name, &post, &new).await.map(|_| synced.updated += 1)
+                    within_timeout(api.replace(&name, &post, &new)).await.map(|_| synced.updated += 1)
                 }
-                None => api.delete(&name, &DeleteParams::default()).await.map(|_| synced.deleted += 1),
+                None => within_timeout(api.delete(&name, &DeleteParams::default())).await.map(|_| synced.deleted += 1),
             };
             if let Err(error) = result {
                 // Gone meanwhile is what a delete wanted; anything else is retried next run.
-                if !matches!(&error, kube::Error::Api(s) if s.code == 404) {
+                if !matches!(&error, WriteError::Api(kube::Error::Api(s)) if s.code == 404) {
                     synced.failed += 1;
                     tracing::warn!(%namespace, %name, %error, "failed to write a PolicyReport");
                 }
@@ -348,7 +380,7 @@ impl ReportWriter {
         }
         for (namespace, new) in desired {
             let api: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), &namespace, &resource);
-            match api.create(&post, &new).await {
+            match within_timeout(api.create(&post, &new)).await {
                 Ok(_) => synced.created += 1,
                 Err(error) => {
                     synced.failed += 1;
@@ -357,6 +389,25 @@ impl ReportWriter {
             }
         }
         Ok(synced)
+    }
+}
+
+/// The leader's audit writes its findings as reports.
+impl Publisher for ReportWriter {
+    type Findings = PolicyReports;
+
+    fn start(&self) -> PolicyReports {
+        PolicyReports::default()
+    }
+
+    async fn publish(&mut self, _: &BTreeMap<String, AuditStatus>, reports: PolicyReports) {
+        match self.sync(reports.into_objects(&self.installation, Timestamp::now())).await {
+            Ok(synced) => tracing::debug!(?synced, "PolicyReports written"),
+            Err(error) => {
+                let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
+                tracing::warn!(%error, %source, "failed to write PolicyReports; retrying at the next audit");
+            }
+        }
     }
 }
 
@@ -489,5 +540,58 @@ mod tests {
             assert!(Installation::new(bad).is_err(), "{bad:?}");
         }
         assert_eq!(Installation::default().report_name(), "trustgate");
+    }
+
+    /// The reports of one untrusted Pod in each of `namespaces`.
+    fn desired(namespaces: &[&str]) -> BTreeMap<String, DynamicObject> {
+        let mut reports = PolicyReports::default();
+        for ns in namespaces {
+            reports.record(
+                &owner("Pod", ns, "p"),
+                &[violation("corp", Mode::Enforce, ViolationKind::Untrusted, "c", "nginx")],
+            );
+        }
+        reports.into_objects(&Installation::default(), now())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_list_that_gets_no_answer_fails_the_sync_at_its_timeout() {
+        let (client, mut handle) = crate::mock_api::client();
+        let mut writer = ReportWriter::new(client, Installation::default());
+        let server = async {
+            let (request, unanswered) =
+                crate::mock_api::next_request(&mut handle, Duration::from_secs(1)).await.unwrap();
+            assert!(request.line.starts_with("GET /apis/wgpolicyk8s.io/v1alpha2/policyreports?"), "{}", request.line);
+            unanswered
+        };
+        let started = tokio::time::Instant::now();
+        let (synced, _unanswered) = tokio::join!(writer.sync(desired(&["shop"])), server);
+        assert!(
+            matches!(synced, Err(PolicyReportError::List { source: PageError::Timeout(t), .. }) if t == REPORT_LIST_PAGE_TIMEOUT),
+            "{synced:?}"
+        );
+        assert_eq!(started.elapsed(), REPORT_LIST_PAGE_TIMEOUT);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_write_that_gets_no_answer_is_abandoned_at_its_timeout_and_the_sync_carries_on() {
+        use crate::mock_api::{json_response, list, next_request};
+        let (client, mut handle) = crate::mock_api::client();
+        let mut writer = ReportWriter::new(client, Installation::default());
+        let server = async {
+            let (_, reply) = next_request(&mut handle, Duration::from_secs(1)).await.unwrap();
+            reply.send_response(json_response(200, &list(vec![])));
+            let (first, _unanswered) = next_request(&mut handle, Duration::from_secs(1)).await.unwrap();
+            let asked = tokio::time::Instant::now();
+            let (second, reply) = next_request(&mut handle, Duration::from_secs(300)).await.unwrap();
+            let waited = asked.elapsed();
+            reply.send_response(json_response(201, second.body.as_ref().unwrap()));
+            (first.line, second.line, waited)
+        };
+        let (synced, (first, second, waited)) = tokio::join!(writer.sync(desired(&["dev", "shop"])), server);
+        assert_eq!(first, "POST /apis/wgpolicyk8s.io/v1alpha2/namespaces/dev/policyreports?&fieldManager=trustgate");
+        assert_eq!(second, "POST /apis/wgpolicyk8s.io/v1alpha2/namespaces/shop/policyreports?&fieldManager=trustgate");
+        assert_eq!(waited, REPORT_WRITE_TIMEOUT, "dev's create was given up at its timeout, not before");
+        assert_eq!(synced.unwrap(), Synced { created: 1, failed: 1, ..Synced::default() });
     }
 }

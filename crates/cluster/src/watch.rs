@@ -1,26 +1,28 @@
 //! The Kubernetes policy source: kube-rs watchers feed the [`Index`], which publishes admission
-//! snapshots to the [`Store`]; the elected leader writes policy status and runs the audit.
+//! snapshots to the [`Store`]; beside them the elected leader writes policy status and audits.
+//! [`KubeSource`] is the entry that wires these jobs and their metrics together; the watch is
+//! the job kept here. Imports the index and the modules of the other jobs (`election`,
+//! `status_writer`, `auditor`, `policy_report`); nothing of the crate imports this.
 //!
-//! Four loops run side by side until shutdown:
-//! - **watch**: TrustedRegistryPolicy objects and Namespace metadata, retried after errors with
-//!   a short capped backoff (`Retry`). Each change that admission would notice publishes a new
-//!   snapshot, the first one once both initial lists are in. Errors only delay: the last snapshot
-//!   stays in place, so admission never waits on the API server.
-//! - **lease**: leader election ([`crate::lease`]).
-//! - **status**: while leading, writes `observedGeneration` and `Ready` of each policy whose
-//!   status does not already say it ([`crate::status`]).
-//! - **audit**: while leading, every `audit_interval`, [`crate::audit::run`] and a write of each
-//!   policy's `status.audit`.
+//! Four jobs run side by side until shutdown:
+//! - **watch** (here): TrustedRegistryPolicy objects and Namespace metadata, retried after
+//!   errors with a short capped backoff (`Retry`). Each change that admission would notice
+//!   publishes a new snapshot, the first one once both initial lists are in. Errors only delay:
+//!   the last snapshot stays in place, so admission never waits on the API server.
+//! - **election** ([`crate::election`]): the Lease, published as leadership to the others.
+//! - **status** ([`crate::status_writer`]): while leading, writes `observedGeneration` and
+//!   `Ready` of each policy whose status does not already say it.
+//! - **audit** ([`crate::auditor`]): while leading, every `audit_interval`, an audit whose
+//!   results go to the policy status and, if asked, PolicyReports.
+//!
+//! The leader-only jobs stop the moment the Lease is lost, abandoning any call in flight.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Patch, PatchParams};
 use kube::core::PartialObjectMeta;
 use kube::runtime::watcher::{self, watcher};
 use kube::{Api, Client};
@@ -31,22 +33,16 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch as channel;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
-use crate::MANAGER;
-use crate::audit;
+use crate::auditor::{AuditMetrics, Auditor};
+use crate::election::{self, ElectionMetrics, Leadership};
 use crate::index::{Index, PolicyEntry, PolicyObject};
 use crate::lease::{Elector, LeaseConfig};
-use crate::pager::PAGE_SIZE;
-use crate::policy_report::{Installation, PolicyReports, ReportWriter};
-use crate::status::{self, ReadyStatus};
+use crate::policy_report::{Installation, ReportWriter};
+use crate::status_writer::{AuditStatusWriter, PolicyView, StatusMetrics, StatusWriter};
 use trustgate_core::engine::snapshot::Store;
 
-/// How often the status writer retries writes that failed.
-const STATUS_RESYNC: Duration = Duration::from_secs(30);
-/// How long one status write may take: a write to an API server that stopped answering must
-/// not hold up the writes after it (kube's client has no response timeout of its own).
-const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The first wait of a watcher after an error.
 const RETRY_MIN: Duration = Duration::from_millis(500);
 /// The longest wait of a watcher between two attempts: a change made while the API server was
@@ -67,17 +63,9 @@ pub struct WatchConfig {
     pub installation: Installation,
 }
 
-/// The policies as the status writer sees them; `None` until the first list is in.
-type PolicyView = Option<Arc<[Arc<PolicyEntry>]>>;
-
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResourceLabels {
     resource: &'static str,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -85,16 +73,10 @@ struct PolicyLabels {
     policy: String,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
-struct KindLabels {
-    resource: &'static str,
-}
-
 const POLICIES: &str = "trustedregistrypolicies";
 const NAMESPACES: &str = "namespaces";
 
-/// Metrics of the watchers (`trustgate_watch_*`), the election (`trustgate_leader`), status
-/// writes (`trustgate_status_*`) and the audit (`trustgate_audit_*`).
+/// Metrics of the watchers (`trustgate_watch_*`) and of what they read (`trustgate_policy_ready`).
 #[derive(Clone, Debug, Default)]
 pub struct WatchMetrics {
     synced: Family<ResourceLabels, Gauge>,
@@ -102,12 +84,6 @@ pub struct WatchMetrics {
     errors: Family<ResourceLabels, Counter>,
     invalid: Gauge,
     ready: Family<PolicyLabels, Gauge>,
-    leader: Gauge,
-    status_writes: Family<ResultLabels, Counter>,
-    audit_runs: Family<ResultLabels, Counter>,
-    audit_violations: Family<PolicyLabels, Gauge>,
-    audit_listed: Family<KindLabels, Gauge>,
-    audit_last_success: Gauge,
 }
 
 impl WatchMetrics {
@@ -133,29 +109,6 @@ impl WatchMetrics {
             "1 when the TrustedRegistryPolicy compiled and is enforced (Ready=True), 0 when it is not (Ready=False)",
             m.ready.clone(),
         );
-        registry.register(
-            "leader",
-            "1 while this replica holds the lease (writes status, runs the audit)",
-            m.leader.clone(),
-        );
-        registry.sub_registry_with_prefix("status").register(
-            "writes",
-            "Policy status writes, by result (success, error)",
-            m.status_writes.clone(),
-        );
-        let r = registry.sub_registry_with_prefix("audit");
-        r.register("runs", "Audit runs, by result (success, error)", m.audit_runs.clone());
-        r.register(
-            "violations",
-            "Workloads in the cluster that the policy would deny or flag, from the last audit (leader only)",
-            m.audit_violations.clone(),
-        );
-        r.register("listed_objects", "Objects listed by the last audit, by resource", m.audit_listed.clone());
-        r.register(
-            "last_success_timestamp_seconds",
-            "When the last audit completed (Unix time)",
-            m.audit_last_success.clone(),
-        );
         m
     }
 
@@ -177,36 +130,71 @@ impl WatchMetrics {
         self.errors.get_or_create(&ResourceLabels { resource }).inc();
     }
 
-    /// One series in every family: the encoder skips families without any, and the test of
-    /// the known metric list (the binary's) must see them all.
-    pub fn touch_every_family(&self) {
+    /// One series in every family (see [`KubeSourceMetrics::touch_every_family`]).
+    fn touch_every_family(&self) {
         self.watch_failed(POLICIES);
         self.synced.get_or_create(&ResourceLabels { resource: POLICIES }).set(1);
         self.ready.get_or_create(&PolicyLabels { policy: "p".into() }).set(1);
-        self.status_writes.get_or_create(&ResultLabels { result: "success" }).inc();
-        self.audit_runs.get_or_create(&ResultLabels { result: "success" }).inc();
-        self.audit_violations.get_or_create(&PolicyLabels { policy: "p".into() }).set(1);
-        self.audit_listed.get_or_create(&KindLabels { resource: "pods" }).set(1);
     }
 }
+
+/// The metrics of every job of the source, each registering its own families.
+#[derive(Clone, Debug)]
+pub struct KubeSourceMetrics {
+    watch: WatchMetrics,
+    election: ElectionMetrics,
+    status: StatusMetrics,
+    audit: AuditMetrics,
+}
+
+impl KubeSourceMetrics {
+    pub fn register(registry: &mut Registry) -> Self {
+        KubeSourceMetrics {
+            watch: WatchMetrics::register(registry),
+            election: ElectionMetrics::register(registry),
+            status: StatusMetrics::register(registry),
+            audit: AuditMetrics::register(registry),
+        }
+    }
+
+    /// One series in every family: the encoder skips families without any, and the test of
+    /// the known metric list (the binary's) must see them all.
+    pub fn touch_every_family(&self) {
+        self.watch.touch_every_family();
+        self.status.touch_every_family();
+        self.audit.touch_every_family();
+    }
+}
+
+/// Why the source stopped before shutdown. Nothing stops it today: every failure only delays
+/// (the watch retries, the leader's jobs retry at their next round). The type keeps a failure
+/// added later a new variant, not a new signature for the caller.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KubeSourceError {}
 
 /// The `--policy-source kubernetes` policy source.
 pub struct KubeSource {
     config: WatchConfig,
-    metrics: WatchMetrics,
+    metrics: KubeSourceMetrics,
 }
 
 impl KubeSource {
     /// Registers the source's metrics; nothing runs until [`KubeSource::run`].
     pub fn new(config: WatchConfig, registry: &mut Registry) -> Self {
-        KubeSource { config, metrics: WatchMetrics::register(registry) }
+        KubeSource { config, metrics: KubeSourceMetrics::register(registry) }
     }
 
     /// Watches, elects, writes status and audits until `shutdown`; then releases the lease.
-    pub async fn run(self, client: Client, store: Arc<Store>, shutdown: CancellationToken) -> anyhow::Result<()> {
+    pub async fn run(
+        self,
+        client: Client,
+        store: Arc<Store>,
+        shutdown: CancellationToken,
+    ) -> Result<(), KubeSourceError> {
         let KubeSource { config, metrics } = self;
         let (view_tx, view_rx) = channel::channel::<PolicyView>(None);
-        let (leader_tx, leader_rx) = channel::channel(false);
+        let (leader_tx, leadership) = Leadership::channel();
         let lease = LeaseConfig::new(&config.lease_namespace, &config.lease_name, &config.identity);
         let elector = Elector::new(client.clone(), lease);
         info!(
@@ -216,11 +204,17 @@ impl KubeSource {
             policy_reports = config.policy_reports,
             "watching TrustedRegistryPolicies and Namespaces"
         );
+        let status = StatusWriter::new(Api::all(client.clone()), metrics.status);
+        let publishers = (
+            AuditStatusWriter::new(Api::all(client.clone())),
+            config.policy_reports.then(|| ReportWriter::new(client.clone(), config.installation.clone())),
+        );
+        let auditor = Auditor::new(client.clone(), config.audit_interval, publishers, metrics.audit);
         tokio::join!(
-            watch_loop(client.clone(), store.clone(), view_tx, metrics.clone(), shutdown.clone()),
-            lease_loop(elector, leader_tx, metrics.clone(), shutdown.clone()),
-            status_loop(Api::all(client.clone()), view_rx, leader_rx.clone(), metrics.clone(), shutdown.clone()),
-            audit_loop(client, store, leader_rx, &config, metrics, shutdown),
+            watch_loop(client, store.clone(), view_tx, metrics.watch, shutdown.clone()),
+            election::run(elector, leader_tx, metrics.election, shutdown.clone()),
+            status.run(view_rx, leadership.clone(), shutdown.clone()),
+            auditor.run(store, leadership, shutdown),
         );
         Ok(())
     }
@@ -279,13 +273,6 @@ impl Retry {
 async fn next_event<S: futures::Stream + Unpin>(stream: &mut S, retry: &mut Retry) -> Option<S::Item> {
     retry.wait().await;
     stream.next().await
-}
-
-/// Now, to the second: `Time` is written with second precision, and comparing what we wrote
-/// with what we read back must not see a difference that is only the nanoseconds.
-fn now() -> Time {
-    let now = Timestamp::now();
-    Time(Timestamp::from_second(now.as_second()).unwrap_or(now))
 }
 
 async fn watch_loop(
@@ -362,207 +349,6 @@ async fn watch_loop(
             }
             store.publish(snapshot);
         }
-    }
-}
-
-async fn lease_loop(
-    mut elector: Elector,
-    leader: channel::Sender<bool>,
-    metrics: WatchMetrics,
-    shutdown: CancellationToken,
-) {
-    let config = elector.config().clone();
-    loop {
-        let (leading, error) = elector.tick(tokio::time::Instant::now()).await;
-        if let Some(error) = error {
-            let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
-            warn!(%error, %source, leading, "leader election round failed");
-        }
-        let was = leader.send_replace(leading);
-        if was != leading {
-            if leading {
-                info!(identity = %config.identity, "acquired the lease: this replica writes status and audits");
-            } else {
-                info!(identity = %config.identity, "lost the lease");
-            }
-        }
-        metrics.leader.set(i64::from(leading));
-        let mut pause = if leading { config.renew_interval } else { config.retry_interval };
-        // A leader whose renewals fail wakes at its deadline, to step down on time.
-        if let Some(until) = elector.leading_until() {
-            pause = pause.min(until.saturating_duration_since(tokio::time::Instant::now()));
-        }
-        tokio::select! {
-            _ = shutdown.cancelled() => break,
-            _ = tokio::time::sleep(pause) => {}
-        }
-    }
-    leader.send_replace(false);
-    metrics.leader.set(0);
-    match elector.release().await {
-        Ok(true) => info!("released the lease"),
-        Ok(false) => {}
-        Err(error) => warn!(%error, "failed to release the lease; another replica takes over when it expires"),
-    }
-}
-
-/// Writes what differs; returns when `shutdown` fires or the channels close.
-async fn status_loop(
-    api: Api<PolicyObject>,
-    mut views: channel::Receiver<PolicyView>,
-    mut leader: channel::Receiver<bool>,
-    metrics: WatchMetrics,
-    shutdown: CancellationToken,
-) {
-    let params = PatchParams { field_manager: Some(MANAGER.to_owned()), ..PatchParams::default() };
-    // What we wrote, keyed by policy, with the resourceVersion we had read before writing: until
-    // the watch brings a newer object, what we wrote is the better idea of the current status.
-    let mut written: HashMap<String, (Option<String>, ReadyStatus)> = HashMap::new();
-    let mut resync = tokio::time::interval(STATUS_RESYNC);
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            changed = views.changed() => if changed.is_err() { return },
-            changed = leader.changed() => if changed.is_err() { return },
-            _ = resync.tick() => {}
-        }
-        if !*leader.borrow_and_update() {
-            written.clear();
-            continue;
-        }
-        let Some(view) = views.borrow_and_update().clone() else { continue };
-        written.retain(|name, _| view.iter().any(|e| &e.name == name));
-        for entry in view.iter() {
-            if !*leader.borrow() || shutdown.is_cancelled() {
-                break;
-            }
-            let cached =
-                written.get(&entry.name).filter(|(rv, _)| *rv == entry.resource_version).map(|(_, s)| s.clone());
-            let current = cached.or_else(|| entry.status.as_ref().map(ReadyStatus::of));
-            let Some(update) = status::update(entry, current.as_ref(), &now()) else { continue };
-            let patch = Patch::Merge(update.patch());
-            let write = api.patch_status(&entry.name, &params, &patch);
-            let Ok(result) = tokio::time::timeout(STATUS_WRITE_TIMEOUT, write).await else {
-                metrics.status_writes.get_or_create(&ResultLabels { result: "error" }).inc();
-                warn!(policy = %entry.name, timeout = ?STATUS_WRITE_TIMEOUT, "no answer to a policy status write; retrying later");
-                continue;
-            };
-            match result {
-                Ok(_) => {
-                    metrics.status_writes.get_or_create(&ResultLabels { result: "success" }).inc();
-                    let ready = update.conditions.iter().find(|c| c.type_ == status::READY);
-                    info!(policy = %entry.name, generation = ?entry.generation,
-                          ready = ready.map(|c| c.status.as_str()), "policy status written");
-                    written.insert(entry.name.clone(), (entry.resource_version.clone(), update));
-                }
-                Err(kube::Error::Api(s)) if s.is_not_found() => {
-                    debug!(policy = %entry.name, "policy gone before its status was written")
-                }
-                Err(error) => {
-                    metrics.status_writes.get_or_create(&ResultLabels { result: "error" }).inc();
-                    warn!(policy = %entry.name, %error, "failed to write policy status; retrying later");
-                }
-            }
-        }
-    }
-}
-
-async fn audit_loop(
-    client: Client,
-    store: Arc<Store>,
-    mut leader: channel::Receiver<bool>,
-    config: &WatchConfig,
-    metrics: WatchMetrics,
-    shutdown: CancellationToken,
-) {
-    let interval = config.audit_interval;
-    let mut report_writer =
-        config.policy_reports.then(|| ReportWriter::new(client.clone(), config.installation.clone()));
-    let api: Api<PolicyObject> = Api::all(client.clone());
-    let params = PatchParams { field_manager: Some(MANAGER.to_owned()), ..PatchParams::default() };
-    loop {
-        tokio::select! {
-            _ = shutdown.cancelled() => return,
-            lead = leader.wait_for(|l| *l) => if lead.is_err() { return },
-        }
-        let mut ticker = tokio::time::interval(interval.max(Duration::from_secs(1)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = leader.wait_for(|l| !*l) => break,
-                _ = ticker.tick() => {}
-            }
-            // Not synced yet: try again shortly rather than a whole interval later.
-            let snapshot = loop {
-                if let Some(s) = store.load() {
-                    break s;
-                }
-                tokio::select! {
-                    _ = shutdown.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            };
-            let started = std::time::Instant::now();
-            let sink = report_writer.is_some().then(PolicyReports::default);
-            let run = audit::run(&client, &snapshot, PAGE_SIZE, Timestamp::now(), sink);
-            let report = tokio::select! {
-                _ = shutdown.cancelled() => return,
-                _ = leader.wait_for(|l| !*l) => break,
-                report = run => report,
-            };
-            let report = match report {
-                Ok(r) => r,
-                Err(error) => {
-                    metrics.audit_runs.get_or_create(&ResultLabels { result: "error" }).inc();
-                    let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
-                    warn!(%error, %source, "audit failed; no status written, retrying at the next interval");
-                    continue;
-                }
-            };
-            metrics.audit_violations.clear();
-            for (resource, count) in &report.listed {
-                metrics
-                    .audit_listed
-                    .get_or_create(&KindLabels { resource })
-                    .set(i64::try_from(*count).unwrap_or(i64::MAX));
-            }
-            for (policy, audit) in &report.statuses {
-                metrics.audit_violations.get_or_create(&PolicyLabels { policy: policy.clone() }).set(audit.violations);
-                if !*leader.borrow() {
-                    break;
-                }
-                match api.patch_status(policy, &params, &Patch::Merge(status::audit_patch(audit))).await {
-                    Ok(_) => {}
-                    Err(kube::Error::Api(s)) if s.is_not_found() => {}
-                    Err(error) => warn!(%policy, %error, "failed to write audit status"),
-                }
-            }
-            if let (Some(writer), Some(reports)) = (report_writer.as_mut(), report.sink) {
-                if !*leader.borrow() {
-                    break;
-                }
-                match writer.sync(reports.into_objects(&config.installation, Timestamp::now())).await {
-                    Ok(synced) => debug!(?synced, "PolicyReports written"),
-                    Err(error) => {
-                        let source = std::error::Error::source(&error).map(ToString::to_string).unwrap_or_default();
-                        warn!(%error, %source, "failed to write PolicyReports; retrying at the next audit");
-                    }
-                }
-            }
-            metrics.audit_runs.get_or_create(&ResultLabels { result: "success" }).inc();
-            metrics.audit_last_success.set(Timestamp::now().as_second());
-            let violations: i64 = report.statuses.values().map(|a| a.violations).sum();
-            info!(
-                evaluated = report.evaluated,
-                unreadable = report.unreadable,
-                violations,
-                elapsed = ?started.elapsed(),
-                "audit completed"
-            );
-        }
-        // Only the leader reports audit results.
-        metrics.audit_violations.clear();
     }
 }
 
