@@ -155,3 +155,83 @@ async fn the_audit_writes_policy_reports_keeps_them_steady_and_deletes_stale_one
     })
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
+async fn two_installations_on_one_cluster_each_keep_and_delete_only_their_own_reports() {
+    let cluster = Cluster::from_env().await;
+    let client = cluster.client.clone();
+    cluster.install_crd(include_str!("fixtures/policyreport-crd.yaml")).await;
+    cluster.install_trustgate_crd().await;
+    let mut cleanup = Cleanup::new(&cluster);
+
+    let suffix = unique_suffix();
+    let ns = format!("tg-polr-two-{suffix}");
+    let policy = format!("e2e-polr-two-{suffix}");
+    let (first, second) = (format!("tg-two-a-{suffix}"), format!("tg-two-b-{suffix}"));
+    let start = |name: &str| {
+        let args = ["--policy-reports", "--instance", name];
+        let options =
+            ServeOptions { identity: name, lease: name, audit_interval: "1s", log_filter: "info", args: &args };
+        Serve::start(&cluster, options)
+    };
+    let mut a = start(&first);
+    let mut b = start(&second);
+    for lease in [&first, &second] {
+        cleanup.add::<Lease>(Some(LEASE_NAMESPACE), lease);
+    }
+    a.wait_ready().await;
+    b.wait_ready().await;
+
+    cluster.create_namespace(&mut cleanup, &ns, &[]).await;
+    cleanup.add::<TrustedRegistryPolicy>(None, &policy);
+    let selector =
+        json!({"matchExpressions": [{"key": "kubernetes.io/metadata.name", "operator": "In", "values": [ns]}]});
+    apply_policy(&client, &policy, json!({"trustedRegistries": ["registry.my.com"], "namespaceSelector": selector}))
+        .await
+        .expect("apply");
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "untrusted"},
+        "spec": {"containers": [{"name": "app", "image": "nginx:1.25"}]}});
+    apply(&Api::<Pod>::namespaced(client.clone(), &ns), "untrusted", pod).await;
+
+    // Each installation writes its own report, named and labelled after it.
+    let reports = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &report_resource());
+    let mut uids = Vec::new();
+    for name in [&first, &second] {
+        let report = eventually(&format!("the report of {name}"), Duration::from_secs(60), || {
+            let (api, name) = (reports.clone(), name.clone());
+            async move { api.get_opt(&name).await.expect("read the report") }
+        })
+        .await;
+        let labels = report.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(labels.get("app.kubernetes.io/instance"), Some(name), "{labels:?}");
+        assert_eq!(labels.get("app.kubernetes.io/managed-by").map(String::as_str), Some("trustgate"));
+        uids.push(report.metadata.uid.clone());
+    }
+    // Audits of both, a second apart: neither deletes or rewrites the other's report.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    for (name, uid) in [&first, &second].into_iter().zip(&uids) {
+        let report = reports.get(name).await.unwrap_or_else(|e| panic!("{name}'s report is gone: {e}{}", a.log()));
+        assert_eq!(&report.metadata.uid, uid, "{name}'s report was deleted and written again");
+    }
+    // One installation goes: the other's audits go on and leave its report alone.
+    b.terminate();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let kept = reports.get(&second).await.unwrap_or_else(|e| panic!("the other installation deleted it: {e}"));
+    assert_eq!(kept.metadata.uid, uids[1]);
+    // Its own it still deletes: with the Pod trusted, the first installation's report goes.
+    apply_policy(
+        &client,
+        &policy,
+        json!({"trustedRegistries": ["registry.my.com", "docker.io"], "namespaceSelector": selector}),
+    )
+    .await
+    .expect("apply");
+    eventually("the first installation's report to go", Duration::from_secs(30), || {
+        let (api, name) = (reports.clone(), first.clone());
+        async move { api.get_opt(&name).await.expect("read the report").is_none().then_some(()) }
+    })
+    .await;
+    assert!(reports.get_opt(&second).await.unwrap().is_some(), "only its own report went");
+    reports.delete(&second, &DeleteParams::default()).await.expect("delete the stopped installation's report");
+}
