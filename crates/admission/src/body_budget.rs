@@ -11,8 +11,10 @@
 //! another address would still hold after the request's reservation may take room from that
 //! heavier address, whose largest body still being read is refused at once ([`Refusal::Preempted`]).
 //! So however many other addresses upload, the API server's address (light: reviews are 2 to
-//! 100 KB) gets room without waiting for an attacker's request timeout. Waiters are served
-//! round-robin by address, first come first served within one address.
+//! 100 KB) gets room without waiting for an attacker's request timeout. The room a preemption
+//! frees goes to the request that made it; other room goes to the first waiter of the address
+//! that holds least (the one that has waited longest among equals), first come first served
+//! within one address.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -84,8 +86,12 @@ struct State {
     /// Of `used`, bytes of preempted leases not given back yet: already on their way out.
     releasing: usize,
     sources: HashMap<IpAddr, Source>,
-    /// Addresses with a waiting request, in the order they are served.
+    /// Addresses with a waiting request, in the order they wait (ties of the lightest-first
+    /// order go to the one that has waited longest).
     rotation: VecDeque<IpAddr>,
+    /// Waiting requests that took room from heavier addresses: they get the room that comes
+    /// back first, so that no other waiter takes what was freed for them.
+    claims: Vec<(IpAddr, u64)>,
     next_id: u64,
 }
 
@@ -163,11 +169,13 @@ impl BodyBudget {
     /// Makes room in the global budget for `bytes` more of `source`, which would then hold
     /// `after`: cancels the largest body still being read of each address that holds more than
     /// `after`, heaviest address first, until the room that is on its way covers `bytes`.
-    fn preempt(&self, state: &mut State, source: IpAddr, bytes: usize, after: usize) {
+    /// Whether anything was cancelled.
+    fn preempt(&self, state: &mut State, source: IpAddr, bytes: usize, after: usize) -> bool {
+        let mut cancelled = false;
         loop {
             let free = self.limits.global.saturating_sub(state.used) + state.releasing;
             if free >= bytes {
-                return;
+                return cancelled;
             }
             let victim = state
                 .sources
@@ -186,33 +194,66 @@ impl BodyBudget {
                     s.releasing += hold.bytes;
                     Some(hold.bytes)
                 });
-            let Some(freed) = victim else { return };
+            let Some(freed) = victim else { return cancelled };
             state.releasing += freed;
+            cancelled = true;
         }
     }
 
-    /// Serves waiting requests while there is room: one per address in turn.
+    /// Serves waiting requests while there is room: first those that took room from heavier
+    /// addresses, then, max-min fairly, the first waiter of the address that holds least.
     fn pump(&self, state: &mut State) {
-        let mut unserved = 0;
-        while unserved < state.rotation.len() {
-            let Some(ip) = state.rotation.pop_front() else { break };
-            let Some((id, bytes)) = state.sources.get(&ip).and_then(|s| s.waiters.front()).map(|w| (w.id, w.bytes))
-            else {
-                continue;
-            };
-            if self.try_grant(state, ip, id, bytes) {
-                unserved = 0;
-                let src = state.sources.get_mut(&ip).expect("a granted source is in the table");
-                let waiter = src.waiters.pop_front().expect("the granted waiter is the first");
-                // A waiter that gave up in the meantime releases the bytes when its lease drops.
-                let _ = waiter.granted.send(());
-                if !src.waiters.is_empty() {
-                    state.rotation.push_back(ip);
+        let mut i = 0;
+        while i < state.claims.len() {
+            let (ip, id) = state.claims[i];
+            let waiting = state.sources.get(&ip).and_then(|s| s.waiters.iter().find(|w| w.id == id)).map(|w| w.bytes);
+            match waiting {
+                // Granted or given up meanwhile.
+                None => {
+                    state.claims.swap_remove(i);
                 }
-            } else {
-                unserved += 1;
-                state.rotation.push_back(ip);
+                Some(bytes) if self.try_grant(state, ip, id, bytes) => {
+                    state.claims.swap_remove(i);
+                    self.hand_over(state, ip, id);
+                }
+                Some(_) => i += 1,
             }
+        }
+        loop {
+            let lightest = state
+                .rotation
+                .iter()
+                .enumerate()
+                .filter_map(|(order, ip)| {
+                    let src = state.sources.get(ip)?;
+                    let head = src.waiters.front()?;
+                    // A preempted hold still in line is on its way out: never granted.
+                    let live = src.holds.get(&head.id).is_some_and(|h| !h.preempted);
+                    let fits = live
+                        && state.used + head.bytes <= self.limits.global
+                        && src.used + head.bytes <= self.limits.per_source;
+                    fits.then_some((src.used, order, *ip, head.id, head.bytes))
+                })
+                .min_by_key(|&(used, order, ..)| (used, order));
+            let Some((_, _, ip, id, bytes)) = lightest else { break };
+            let granted = self.try_grant(state, ip, id, bytes);
+            debug_assert!(granted, "the lightest waiter was checked to fit");
+            self.hand_over(state, ip, id);
+        }
+    }
+
+    /// Tells waiter `id` of `ip`, just granted, that it may go on, and keeps the order of the
+    /// waiting addresses: an address with more waiters goes to the back.
+    fn hand_over(&self, state: &mut State, ip: IpAddr, id: u64) {
+        let src = state.sources.get_mut(&ip).expect("a granted source is in the table");
+        let Some(at) = src.waiters.iter().position(|w| w.id == id) else { return };
+        let waiter = src.waiters.remove(at).expect("the position was just found");
+        // A waiter that gave up in the meantime releases the bytes when its lease drops.
+        let _ = waiter.granted.send(());
+        let more = !src.waiters.is_empty();
+        state.rotation.retain(|other| *other != ip);
+        if more {
+            state.rotation.push_back(ip);
         }
     }
 
@@ -299,7 +340,10 @@ impl Lease {
                 return Ok(());
             }
             // Only the global budget is taken from others; an address's own is its own.
-            budget.preempt(&mut state, self.source, bytes, after);
+            let claimed = budget.preempt(&mut state, self.source, bytes, after);
+            if claimed {
+                state.claims.push((self.source, self.id));
+            }
             let (granted, receiver) = oneshot::channel();
             let src = state.sources.get_mut(&self.source).expect("a live lease's source is in the table");
             src.waiters.push_back(Waiter { id: self.id, bytes, granted });
@@ -501,6 +545,37 @@ mod tests {
         assert_eq!(review.bytes(), 100_000);
         let text = metrics::encode(&registry).unwrap();
         assert!(text.contains(r#"trustgate_admission_body_budget_refusals_total{reason="preempted"} 1"#), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_room_a_light_address_freed_goes_to_it_not_to_those_waiting_before_it() {
+        let (budget, _) = budget(4 * MIB, 8 * MIB);
+        let mut a = budget.lease(ip(2));
+        a.grow(MIB, later(10)).await.unwrap();
+        let mut b = budget.lease(ip(3));
+        b.grow(3 * MIB, later(10)).await.unwrap();
+        // The heavy address's next upload waits first (no one holds more than it would).
+        let mut next = budget.lease(ip(3));
+        let queued = tokio::spawn(async move { next.grow(3 * MIB, later(60_000)).await.map(|()| next) });
+        tokio::task::yield_now().await;
+        // The API server's review takes room from the heaviest address...
+        let mut review = budget.lease(ip(1));
+        let granted = tokio::spawn(async move { review.grow(2 * MIB, later(60_000)).await.map(|()| review) });
+        tokio::task::yield_now().await;
+        assert!(b.preempt.is_cancelled() && !a.preempt.is_cancelled());
+        drop(b);
+        // ...and gets it, though the other upload waited longer and would have fitted first.
+        let review = tokio::time::timeout(Duration::from_millis(1), granted).await.expect("granted at once");
+        let review = review.unwrap().unwrap();
+        assert_eq!(review.bytes(), 2 * MIB);
+        tokio::task::yield_now().await;
+        assert!(!queued.is_finished(), "the earlier waiter is still waiting: no room for it");
+        // It gets its room once there is some.
+        drop(review);
+        let next = queued.await.unwrap().unwrap();
+        assert_eq!(next.bytes(), 3 * MIB);
+        assert_eq!(budget.in_flight(), 4 * MIB);
+        drop((a, next));
     }
 
     #[tokio::test(start_paused = true)]
