@@ -44,7 +44,7 @@ run:
 
 # End-to-end tests (every tests/e2e*.rs file) against the cluster KUBECONFIG points to
 e2e:
-    cargo test --locked --test e2e --test e2e_semantics --test e2e_cluster_check --test e2e_policy_reports -- --ignored --test-threads=1
+    cargo test --locked --test e2e --test e2e_semantics --test e2e_cluster_check --test e2e_policy_reports --test e2e_inheritance -- --ignored --test-threads=1
 
 # API server disruption e2e on the kit's local cluster (own state dir and ports; ../shared/k8s)
 e2e-disruption:
@@ -74,6 +74,11 @@ bench-server:
 # Connection-flood benchmark: reviews from one address while another hogs connections
 bench-flood:
     ulimit -n "$(ulimit -Hn)" && cargo bench --locked --bench flood
+
+# (1,000 attacker connections: the recipe raises the open-file limit for the bench and the server it starts)
+# Request-body memory benchmark: stalled, trickled and HTTP/2 uploads from four addresses while reviews come from another
+bench-bodies:
+    ulimit -n "$(ulimit -Hn)" && cargo bench --locked --bench bodies
 
 # (3 runs each; `just bench-check path/to/other/trustgate` times another build the same way)
 # Offline check benchmark: generates inputs into target/bench-check/, times `check` on them
