@@ -73,8 +73,8 @@ trap cleanup EXIT
 
 # Every e2e test file runs in local mode; those that adapt to TRUSTGATE_E2E_MODE=in-cluster run
 # again against the chart's webhook (the others start a trustgate process of their own).
-E2E_TESTS=(--test e2e --test e2e_semantics --test e2e_cluster_check --test e2e_policy_reports)
-E2E_IN_CLUSTER=(--test e2e --test e2e_semantics)
+E2E_TESTS=(--test e2e --test e2e_semantics --test e2e_cluster_check --test e2e_policy_reports --test e2e_inheritance)
+E2E_IN_CLUSTER=(--test e2e --test e2e_semantics --test e2e_inheritance)
 
 # The test binaries (debug profile, shared with `cargo test`) and the binary they run locally.
 build_tests() {

@@ -219,19 +219,22 @@ async fn two_installations_on_one_cluster_each_keep_and_delete_only_their_own_re
     tokio::time::sleep(Duration::from_secs(4)).await;
     let kept = reports.get(&second).await.unwrap_or_else(|e| panic!("the other installation deleted it: {e}"));
     assert_eq!(kept.metadata.uid, uids[1]);
-    // Its own it still deletes: with the Pod trusted, the first installation's report goes.
-    apply_policy(
-        &client,
-        &policy,
-        json!({"trustedRegistries": ["registry.my.com", "docker.io"], "namespaceSelector": selector}),
-    )
-    .await
-    .expect("apply");
-    eventually("the first installation's report to go", Duration::from_secs(30), || {
-        let (api, name) = (reports.clone(), first.clone());
-        async move { api.get_opt(&name).await.expect("read the report").is_none().then_some(()) }
+    // Its own it still deletes: with the Pod gone (so that no policy, ours or another of a
+    // shared cluster, finds anything in the namespace), the first installation's report goes.
+    Api::<Pod>::namespaced(client.clone(), &ns)
+        .delete("untrusted", &DeleteParams::default().grace_period(0))
+        .await
+        .expect("delete the Pod");
+    let gone = tokio::time::timeout(Duration::from_secs(30), async {
+        while reports.get_opt(&first).await.expect("read the report").is_some() {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     })
     .await;
+    if gone.is_err() {
+        let left = reports.get_opt(&first).await.ok().flatten().map(|r| r.data);
+        panic!("the first installation's report did not go within 30s: {left:?}\n{}", a.log());
+    }
     assert!(reports.get_opt(&second).await.unwrap().is_some(), "only its own report went");
     reports.delete(&second, &DeleteParams::default()).await.expect("delete the stopped installation's report");
 }
