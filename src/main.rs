@@ -1,10 +1,13 @@
-// mimalloc, not the system allocator: after a burst of large request bodies glibc's malloc keeps
-// the freed memory (its mmap threshold rises to the largest freed block, and holes inside its
-// arenas are never returned), so RSS stayed hundreds of MiB above idle after an attack; mimalloc
-// returns freed pages to the OS within milliseconds. musl's allocator (the static image) is
-// slow under contention. BENCHMARKS.md ("Request-body memory") has the measurements.
+// jemalloc, with its background threads: freed memory goes back to the system within seconds
+// of an attack on the request-body budget, whichever thread freed it. Measured with
+// `just bench-bodies` (BENCHMARKS.md, "Request-body memory"): 30 s after the attack, glibc's
+// malloc still held 0.45 to 1.1 GiB (its mmap threshold rises to the largest block freed, and
+// holes in its arenas stay resident) and mimalloc 100 MiB above idle (memory freed by another
+// thread waits for its owning thread to allocate again); jemalloc was 7 MiB above idle, and
+// idles at 15 MiB where mimalloc idled at 26 MiB. musl's allocator (the static image) is slow
+// under contention.
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> std::process::ExitCode {
     trustgate::cli::run()

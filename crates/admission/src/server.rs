@@ -59,6 +59,10 @@ const UNKNOWN_LENGTH_STEP: usize = 64 * 1024;
 /// Largest HTTP/2 or HTTP/1.1 header list accepted (the API server sends well under 1 KiB).
 const MAX_HEADER_LIST: u32 = 16 * 1024;
 
+/// Largest HTTP/1.1 read buffer of a connection: twice the header list, so headers always fit.
+/// A body waiting for room in the budget has at most this much of it read ahead.
+const H1_READ_BUFFER: usize = 2 * MAX_HEADER_LIST as usize;
+
 /// Limits and timeouts of the admission server.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -513,7 +517,9 @@ pub async fn serve(
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(MAX_HEADER_LIST as usize * 4);
+        // The read buffer of every connection: it must hold a request's headers, and it is
+        // resident per connection (1,024 of them) outside the body budget.
+        .max_buf_size(H1_READ_BUFFER);
     builder
         .http2()
         .timer(TokioTimer::new())
