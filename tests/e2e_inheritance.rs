@@ -23,7 +23,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use e2e_support::chart::release;
-use e2e_support::harness::{Answer, Harness, POLICY_MESSAGE, warning_text};
+use e2e_support::harness::{Answer, Harness, POLICY_MESSAGE};
 use e2e_support::{Mode, mode};
 use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet, Deployment, ReplicaSet, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Pod, ServiceAccount};
@@ -256,23 +256,7 @@ async fn create_as(h: &Harness, client: &Client, object: &Value, dry_run: bool) 
     let url = plural.replace("{ns}", &h.namespace);
     let pp = PostParams { dry_run, ..PostParams::default() };
     let request = kube::core::Request::new(url).create(&pp, serde_json::to_vec(object).unwrap()).unwrap();
-    let response = client.send(request.map(kube::client::Body::from)).await.expect("the API server answers");
-    let status = response.status().as_u16();
-    let own = format!("policy \"{}-", h.namespace);
-    let warnings = response
-        .headers()
-        .get_all(http::header::WARNING)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .map(warning_text)
-        .filter(|w| w.contains(&own) || w == POLICY_MESSAGE)
-        .collect();
-    let body = http_body_util::BodyExt::collect(response.into_body()).await.expect("a body").to_bytes();
-    let message = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| v["message"].as_str().map(str::to_owned))
-        .unwrap_or_default();
-    Answer { status, warnings, message }
+    h.send_with(client, request).await
 }
 
 /// A client of the admin kubeconfig that impersonates `user`: the test acts AS that user, with
@@ -610,18 +594,24 @@ async fn under_existing_images_deny_nothing_inherits_and_the_controllers_report_
     assert_denied_answer(&h, answer, &[untrusted(&format!("Pod {ns}/as-controller"), "spec.containers[0]", &policy)]);
 }
 
-#[tokio::test]
-#[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
-async fn a_forged_controller_reference_inherits_nothing() {
-    let mut h = Harness::start("inherit-forge").await;
-    let deployment =
-        api(&h).create(&PostParams::default(), &deployment("legacy")).await.expect("create the Deployment");
-    let rs = wait_until(&h, "the legacy Deployment's ReplicaSet", CREATED, async || {
-        replica_sets(&h, &uid(&deployment)).await?.pop().ok_or_else(|| "none yet".to_owned())
+/// A legacy Deployment (created before any policy) and its ReplicaSet, then an Enforce policy
+/// that does not trust its image, in force: (the Deployment, its ReplicaSet, the policy's name).
+async fn legacy_deployment_then_policy(h: &mut Harness) -> (Deployment, ReplicaSet, String) {
+    let deployment = api(h).create(&PostParams::default(), &deployment("legacy")).await.expect("create the Deployment");
+    let rs = wait_until(h, "the legacy Deployment's ReplicaSet", CREATED, async || {
+        replica_sets(h, &uid(&deployment)).await?.pop().ok_or_else(|| "none yet".to_owned())
     })
     .await;
     let policy = h.apply_policy("corp", json!({"trustedRegistries": [TRUSTED]})).await;
     h.wait_until_denied(&probe()).await;
+    (deployment, rs, policy)
+}
+
+#[tokio::test]
+#[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
+async fn a_forged_controller_reference_inherits_nothing() {
+    let mut h = Harness::start("inherit-forge").await;
+    let (deployment, rs, policy) = legacy_deployment_then_policy(&mut h).await;
     let ns = h.namespace.clone();
 
     // A ServiceAccount with the `edit` role in the namespace: it may create ReplicaSets and
@@ -675,14 +665,7 @@ async fn a_forged_controller_reference_inherits_nothing() {
 #[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
 async fn impersonating_a_controller_is_the_trust_boundary() {
     let mut h = Harness::start("inherit-imp").await;
-    let deployment =
-        api(&h).create(&PostParams::default(), &deployment("legacy")).await.expect("create the Deployment");
-    let rs = wait_until(&h, "the legacy Deployment's ReplicaSet", CREATED, async || {
-        replica_sets(&h, &uid(&deployment)).await?.pop().ok_or_else(|| "none yet".to_owned())
-    })
-    .await;
-    let policy = h.apply_policy("corp", json!({"trustedRegistries": [TRUSTED]})).await;
-    h.wait_until_denied(&probe()).await;
+    let (deployment, rs, policy) = legacy_deployment_then_policy(&mut h).await;
     let ns = h.namespace.clone();
 
     // The documented limit (docs/operations.md, "Where it stops"): whoever may impersonate a

@@ -26,14 +26,21 @@ fn report_resource() -> ApiResource {
     )
 }
 
+/// The cluster of KUBECONFIG with the PolicyReport and trustgate CRDs, and what cleans up after
+/// the test.
+async fn setup() -> (Cluster, Cleanup) {
+    let cluster = Cluster::from_env().await;
+    cluster.install_crd(include_str!("fixtures/policyreport-crd.yaml")).await;
+    cluster.install_trustgate_crd().await;
+    let cleanup = Cleanup::new(&cluster);
+    (cluster, cleanup)
+}
+
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
 async fn the_audit_writes_policy_reports_keeps_them_steady_and_deletes_stale_ones() {
-    let cluster = Cluster::from_env().await;
+    let (cluster, mut cleanup) = setup().await;
     let client = cluster.client.clone();
-    cluster.install_crd(include_str!("fixtures/policyreport-crd.yaml")).await;
-    cluster.install_trustgate_crd().await;
-    let mut cleanup = Cleanup::new(&cluster);
 
     let suffix = unique_suffix();
     let (bad, good) = (format!("tg-polr-bad-{suffix}"), format!("tg-polr-good-{suffix}"));
@@ -159,11 +166,8 @@ async fn the_audit_writes_policy_reports_keeps_them_steady_and_deletes_stale_one
 #[tokio::test]
 #[ignore = "needs a Kubernetes API server: run `just e2e` with KUBECONFIG set"]
 async fn two_installations_on_one_cluster_each_keep_and_delete_only_their_own_reports() {
-    let cluster = Cluster::from_env().await;
+    let (cluster, mut cleanup) = setup().await;
     let client = cluster.client.clone();
-    cluster.install_crd(include_str!("fixtures/policyreport-crd.yaml")).await;
-    cluster.install_trustgate_crd().await;
-    let mut cleanup = Cleanup::new(&cluster);
 
     let suffix = unique_suffix();
     let ns = format!("tg-polr-two-{suffix}");

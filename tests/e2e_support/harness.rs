@@ -58,7 +58,17 @@ impl Harness {
             Mode::Local => Webhook::Local(start_local_webhook(&cluster, &mut cleanup, &namespace).await),
             Mode::InCluster => Webhook::Chart,
         };
-        Harness { client: cluster.client, namespace, webhook, cleanup }
+        let harness = Harness { client: cluster.client, namespace, webhook, cleanup };
+        // Until a webhook replica has seen the new namespace, its labels are unknown and every
+        // policy with a namespaceSelector applies there (trustgate fails closed), a shared
+        // cluster's foreign ones included. Wait until every replica admits a Pod from a
+        // registry that only such policies could deny.
+        let probe = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "namespace-probe"},
+            "spec": {"containers": [{"name": "probe", "image": "registry.example.com/namespace-probe:1"}]}});
+        harness
+            .wait_for_answer("the webhook to know the new namespace", &probe, Duration::from_secs(30), |r| r.is_ok())
+            .await;
+        harness
     }
 
     /// The local webhook process (`None` in-cluster).
@@ -181,7 +191,12 @@ impl Harness {
     /// Only this test's own warnings are kept (its policies are named after its namespace, and
     /// their message): other policies in a live cluster may warn about the same object too.
     pub async fn send(&self, request: http::Request<Vec<u8>>) -> Answer {
-        let response = self.client.send(request.map(kube::client::Body::from)).await.expect("the API server answers");
+        self.send_with(&self.client, request).await
+    }
+
+    /// [`Self::send`] through another client (one that impersonates someone, say).
+    pub async fn send_with(&self, client: &Client, request: http::Request<Vec<u8>>) -> Answer {
+        let response = client.send(request.map(kube::client::Body::from)).await.expect("the API server answers");
         let status = response.status().as_u16();
         let own = format!("policy \"{}-", self.namespace);
         let warnings = response
