@@ -801,7 +801,7 @@ mod churn {
         let rss = {
             let stop = stop.clone();
             std::thread::spawn(move || {
-                let mut samples = Vec::new();
+                let mut samples = Vec::with_capacity(secs as usize + 64);
                 while !stop.load(Ordering::Relaxed) {
                     samples.push((started.elapsed().as_secs_f64(), rss_kib("self")));
                     std::thread::sleep(Duration::from_secs(1));
@@ -814,7 +814,11 @@ mod churn {
             let store = store.clone();
             std::thread::spawn(move || {
                 let interval = Duration::from_secs_f64(1.0 / churn_rate);
-                let (mut published, mut costs) = (0u64, Vec::new());
+                // Written in full before the run, as the review latency buffers are: its growth
+                // is not counted as the server's.
+                let mut costs = vec![u32::MAX; (secs as f64 * churn_rate) as usize + 64];
+                costs.clear();
+                let mut published = 0u64;
                 let mut revision = 0;
                 while started.elapsed() < duration {
                     revision += 1;
@@ -867,6 +871,12 @@ mod churn {
             .map(|(secs, kib)| format!("{secs:.0} s {kib} KiB"))
             .collect();
         println!("RSS by tenths of the run: {}", tenths.join(", "));
+        // The measure: growth over the last five sixths (the last 25 minutes of 30),
+        // up to the last sample inside the run.
+        let inside: Vec<&(f64, u64)> = rss.iter().filter(|(t, _)| *t <= secs as f64).collect();
+        if let (Some(from), Some(to)) = (inside.iter().find(|(t, _)| *t >= secs as f64 / 6.0), inside.last()) {
+            println!("RSS growth from {:.0} s to {:.0} s: {:+} KiB", from.0, to.0, to.1 as i64 - from.1 as i64);
+        }
         assert_eq!(progress.failed(), 0, "no review fails while policies churn");
     }
 }

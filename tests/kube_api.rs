@@ -637,7 +637,7 @@ mod source {
     }
 
     fn policy_names(store: &Store) -> Vec<String> {
-        store.load().map(|s| s.policies.policies().iter().map(|p| p.name().to_owned()).collect()).unwrap_or_default()
+        store.load().map(|s| s.policies.policies().map(|p| p.name().to_owned()).collect()).unwrap_or_default()
     }
 
     /// The status patches written to one policy that set conditions.

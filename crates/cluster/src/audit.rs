@@ -181,8 +181,7 @@ pub struct Audit<S = ()> {
 impl Audit {
     /// Starts an audit of every policy in `snapshot`, judging exception expiry at `now`.
     pub fn new(snapshot: &Snapshot, now: Timestamp) -> Self {
-        let findings =
-            snapshot.policies.policies().iter().map(|p| (Arc::from(p.name()), Findings::default())).collect();
+        let findings = snapshot.policies.policies().map(|p| (Arc::from(p.name()), Findings::default())).collect();
         Audit { now, findings, evaluated: 0, sink: () }
     }
 }

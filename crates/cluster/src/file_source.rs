@@ -319,7 +319,7 @@ mod tests {
     }
 
     fn names(snapshot: &Snapshot) -> Vec<&str> {
-        snapshot.policies.policies().iter().map(|p| p.name()).collect()
+        snapshot.policies.policies().map(|p| p.name()).collect()
     }
 
     #[test]

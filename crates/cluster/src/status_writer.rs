@@ -23,8 +23,9 @@ use tracing::{debug, info, warn};
 use crate::MANAGER;
 use crate::auditor::Publisher;
 use crate::election::Leadership;
-use crate::index::{PolicyEntry, PolicyObject};
+use crate::index::{PolicyEntries, PolicyEntry, PolicyObject};
 use crate::status::{self, ReadyStatus};
+use imbl::ordmap::DiffItem;
 use trustgate_core::api::AuditStatus;
 
 /// How often the status writer retries writes that failed.
@@ -40,7 +41,7 @@ const STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) const AUDIT_STATUS_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The policies as the status writer sees them; `None` until the first list is in.
-pub(crate) type PolicyView = Option<Arc<[Arc<PolicyEntry>]>>;
+pub(crate) type PolicyView = Option<PolicyEntries>;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, EncodeLabelSet)]
 struct ResultLabels {
@@ -127,19 +128,38 @@ impl StatusWriter {
     }
 
     /// Writes each view as it comes, and again every [`STATUS_RESYNC`] for the writes that
-    /// failed; returns only when the views close.
+    /// failed; returns only when the views close. A new view is compared with the last one
+    /// written and only the entries that differ are visited (the maps share every untouched
+    /// node, so that costs the change, not the policy count); a resync visits every entry.
     async fn lead(&mut self, views: &mut channel::Receiver<PolicyView>) {
         let mut resync = tokio::time::interval(STATUS_RESYNC);
+        let mut last: Option<PolicyEntries> = None;
         loop {
-            tokio::select! {
-                changed = views.changed() => if changed.is_err() { return },
-                _ = resync.tick() => {}
-            }
+            let every = tokio::select! {
+                changed = views.changed() => if changed.is_err() { return } else { false },
+                _ = resync.tick() => true,
+            };
             let Some(view) = views.borrow_and_update().clone() else { continue };
-            self.written.retain(|name, _| view.iter().any(|e| &e.name == name));
-            for entry in view.iter() {
+            let visit: Vec<Arc<PolicyEntry>> = match last.as_ref().filter(|_| !every) {
+                Some(last) => last
+                    .diff(&view)
+                    .filter_map(|change| match change {
+                        DiffItem::Add(_, entry) | DiffItem::Update { new: (_, entry), .. } => Some(entry.clone()),
+                        DiffItem::Remove(name, _) => {
+                            self.written.remove(name);
+                            None
+                        }
+                    })
+                    .collect(),
+                None => {
+                    self.written.retain(|name, _| view.contains_key(name));
+                    view.values().cloned().collect()
+                }
+            };
+            for entry in &visit {
                 self.write(entry).await;
             }
+            last = Some(view);
         }
     }
 
@@ -242,7 +262,7 @@ mod tests {
         let (client, handle) = mock_api::client();
         let mut registry = trustgate_runtime::metrics::registry();
         let writer = StatusWriter::new(Api::all(client), StatusMetrics::register(&mut registry));
-        let view: Arc<[Arc<PolicyEntry>]> = names.iter().map(|n| entry(n)).collect();
+        let view: PolicyEntries = names.iter().map(|n| (n.to_string(), entry(n))).collect();
         let (views, view_rx) = channel::channel::<PolicyView>(Some(view));
         let (leader, leadership) = Leadership::channel();
         leader.send_replace(true);

@@ -17,7 +17,7 @@
 //!
 //! The leader-only jobs stop the moment the Lease is lost, abandoning any call in flight.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -37,10 +37,11 @@ use tracing::{info, warn};
 
 use crate::auditor::{AuditMetrics, Auditor};
 use crate::election::{self, ElectionMetrics, Leadership};
-use crate::index::{Index, PolicyEntry, PolicyObject};
+use crate::index::{Index, PolicyEntries, PolicyEntry, PolicyObject};
 use crate::lease::{Elector, LeaseConfig};
 use crate::policy_report::{Installation, ReportWriter};
 use crate::status_writer::{AuditStatusWriter, PolicyView, StatusMetrics, StatusWriter};
+use imbl::ordmap::DiffItem;
 use trustgate_core::engine::snapshot::Store;
 
 /// The first wait of a watcher after an error.
@@ -112,13 +113,15 @@ impl WatchMetrics {
         m
     }
 
-    /// Readiness of every policy the index holds; deleted policies lose their series.
-    fn policies_compiled(&self, entries: &[Arc<PolicyEntry>]) {
-        self.ready.clear();
-        for entry in entries {
-            let ready = i64::from(entry.error().is_none());
-            self.ready.get_or_create(&PolicyLabels { policy: entry.name.clone() }).set(ready);
-        }
+    /// Readiness of a policy the index holds.
+    fn policy_compiled(&self, entry: &PolicyEntry) {
+        let ready = i64::from(entry.error().is_none());
+        self.ready.get_or_create(&PolicyLabels { policy: entry.name.clone() }).set(ready);
+    }
+
+    /// A deleted policy loses its series.
+    fn policy_deleted(&self, name: &str) {
+        self.ready.remove(&PolicyLabels { policy: name.to_owned() });
     }
 
     fn watch_ok(&self, resource: &'static str) {
@@ -275,6 +278,48 @@ async fn next_event<S: futures::Stream + Unpin>(stream: &mut S, retry: &mut Retr
     stream.next().await
 }
 
+/// Reports each policy change: its readiness series, and one log line per invalid generation.
+#[derive(Default)]
+struct PolicyReporter {
+    /// The entries last reported.
+    last: PolicyEntries,
+    /// The generation of each invalid policy whose error was logged.
+    reported: HashMap<String, Option<i64>>,
+}
+
+impl PolicyReporter {
+    /// Reports what changed since the last call, visiting only the entries that differ (the
+    /// maps share every untouched node); returns how many it visited.
+    fn report(&mut self, entries: &PolicyEntries, metrics: &WatchMetrics) -> usize {
+        let mut visited = 0;
+        for change in self.last.diff(entries) {
+            visited += 1;
+            match change {
+                DiffItem::Add(_, entry) | DiffItem::Update { new: (_, entry), .. } => {
+                    metrics.policy_compiled(entry);
+                    match entry.error() {
+                        Some(error)
+                            if self.reported.insert(entry.name.clone(), entry.generation) != Some(entry.generation) =>
+                        {
+                            warn!(policy = %entry.name, generation = ?entry.generation, %error, "policy not enforced");
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.reported.remove(&entry.name);
+                        }
+                    }
+                }
+                DiffItem::Remove(name, _) => {
+                    metrics.policy_deleted(name);
+                    self.reported.remove(name);
+                }
+            }
+        }
+        self.last = entries.clone();
+        visited
+    }
+}
+
 async fn watch_loop(
     client: Client,
     store: Arc<Store>,
@@ -289,7 +334,7 @@ async fn watch_loop(
     let mut namespaces = std::pin::pin!(namespaces);
     let (mut policies_retry, mut namespaces_retry) = (Retry::default(), Retry::default());
     let mut index = Index::new();
-    let mut reported: HashSet<(String, Option<i64>)> = HashSet::new();
+    let mut reporter = PolicyReporter::default();
     loop {
         let change = tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -327,17 +372,8 @@ async fn watch_loop(
         if change.policies && index.policies_synced() {
             let entries = index.policies();
             metrics.invalid.set(i64::try_from(index.invalid_policies()).unwrap_or(i64::MAX));
-            metrics.policies_compiled(&entries);
-            let live: HashSet<_> = entries.iter().map(|e| (e.name.clone(), e.generation)).collect();
-            reported.retain(|k| live.contains(k));
-            for entry in &entries {
-                if let Some(error) = entry.error()
-                    && reported.insert((entry.name.clone(), entry.generation))
-                {
-                    warn!(policy = %entry.name, generation = ?entry.generation, %error, "policy not enforced");
-                }
-            }
-            views.send_replace(Some(entries.into()));
+            reporter.report(&entries, &metrics);
+            views.send_replace(Some(entries));
         }
         if change.snapshot
             && let Some(snapshot) = index.snapshot()
@@ -426,14 +462,36 @@ mod tests {
         // An empty list of trusted registries does not compile: the policy is Ready=False.
         let (good, bad) = (entry("corp", json!(["registry.my.com"])), entry("broken", json!([])));
         assert!(good.error().is_none() && bad.error().is_some());
-        metrics.policies_compiled(&[good.clone(), bad]);
+        let mut reporter = PolicyReporter::default();
+        let mut entries = PolicyEntries::new();
+        entries.insert(good.name.clone(), good);
+        entries.insert(bad.name.clone(), bad.clone());
+        assert_eq!(reporter.report(&entries, &metrics), 2);
+        assert_eq!(reporter.reported.get("broken"), Some(&Some(1)), "the error is logged once");
         let text = trustgate_runtime::metrics::encode(&registry).unwrap();
         assert!(text.contains(r#"trustgate_policy_ready{policy="corp"} 1"#), "{text}");
         assert!(text.contains(r#"trustgate_policy_ready{policy="broken"} 0"#), "{text}");
 
-        metrics.policies_compiled(&[good]);
+        entries.remove("broken");
+        assert_eq!(reporter.report(&entries, &metrics), 1);
         let text = trustgate_runtime::metrics::encode(&registry).unwrap();
         assert!(text.contains(r#"trustgate_policy_ready{policy="corp"} 1"#), "{text}");
         assert!(!text.contains(r#"policy="broken""#), "a deleted policy keeps no series: {text}");
+        assert!(reporter.reported.is_empty());
+    }
+
+    #[test]
+    fn a_policy_change_visits_that_policy_only() {
+        let mut registry = trustgate_runtime::metrics::registry();
+        let metrics = WatchMetrics::register(&mut registry);
+        let mut reporter = PolicyReporter::default();
+        let mut entries: PolicyEntries =
+            (0..1000).map(|i| (format!("p{i:04}"), entry(&format!("p{i:04}"), json!(["registry.my.com"])))).collect();
+        assert_eq!(reporter.report(&entries, &metrics), 1000);
+        entries.insert("p0500".into(), entry("p0500", json!([])));
+        assert_eq!(reporter.report(&entries, &metrics), 1, "one changed entry, one visit");
+        let text = trustgate_runtime::metrics::encode(&registry).unwrap();
+        assert!(text.contains(r#"trustgate_policy_ready{policy="p0500"} 0"#), "{text}");
+        assert_eq!(reporter.report(&entries, &metrics), 0, "no change, no visit");
     }
 }

@@ -58,6 +58,15 @@ pub(crate) enum Segment {
     Any,
 }
 
+/// What a pattern matches, without its spelling: two patterns with equal keys match exactly
+/// the same images.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct PatternKey {
+    host: Host,
+    port: Option<String>,
+    path: Vec<Segment>,
+}
+
 /// A compiled `host[:port][/path]` pattern.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Pattern {
@@ -81,8 +90,8 @@ impl Pattern {
     }
 
     /// Two patterns with the same key match exactly the same images.
-    pub(crate) fn key(&self) -> (&Host, Option<&str>, &[Segment]) {
-        (&self.host, self.port.as_deref(), &self.path)
+    pub(crate) fn key(&self) -> PatternKey {
+        PatternKey { host: self.host.clone(), port: self.port.clone(), path: self.path.clone() }
     }
 
     fn host_matches(&self, host: &str) -> bool {

@@ -208,6 +208,11 @@ impl CompiledPolicy {
         &self.name
     }
 
+    /// The name, shared.
+    pub(crate) fn shared_name(&self) -> Arc<str> {
+        self.name.clone()
+    }
+
     pub fn mode(&self) -> Mode {
         self.mode
     }

@@ -328,7 +328,7 @@ fn counts_policies_by_mode() {
         policy("x", json!({"mode": "Warn", "trustedRegistries": ["a.io"]})),
     ]);
     assert_eq!(Mode::ALL.map(|m| set.count_by_mode(m)), [1, 2, 0]);
-    let names: Vec<&str> = set.policies().iter().map(|p| p.name()).collect();
+    let names: Vec<&str> = set.policies().map(|p| p.name()).collect();
     assert_eq!(names, ["corporate", "w", "x"]);
 }
 
@@ -401,12 +401,13 @@ fn the_namespace_index_selects_exactly_what_a_full_scan_does() {
     for name in ["shop", "cart", "other", ""] {
         for labels in [None, Some(&empty), Some(&prod)] {
             let ns = Namespace { name, labels };
-            let scan: Vec<usize> = (0..set.len()).filter(|&i| set.policies[i].applies_to(&ns)).collect();
-            assert_eq!(set.applicable(&ns), scan, "namespace {name:?} labels {labels:?}");
+            let scan: Vec<&str> = set.policies().filter(|p| p.applies_to(&ns)).map(|p| p.name()).collect();
+            let indexed: Vec<&str> = set.applicable(&ns).iter().map(|m| m.policy.name()).collect();
+            assert_eq!(indexed, scan, "namespace {name:?} labels {labels:?}");
         }
     }
     let shop = Namespace { name: "shop", labels: Some(&empty) };
-    let names: Vec<&str> = set.applicable(&shop).into_iter().map(|i| set.policies[i].name()).collect();
+    let names: Vec<&str> = set.applicable(&shop).iter().map(|m| m.policy.name()).collect();
     assert_eq!(names, ["a-named", "d-all"]);
 }
 
@@ -688,4 +689,41 @@ fn an_inherited_create_never_admits_an_image_that_does_not_parse() {
     let d = decide_inherited(&allow, &pod);
     assert_eq!(d.verdict(), Verdict::Deny);
     assert_eq!((d.violations[0].kind, d.violations[0].inherited), (ViolationKind::Invalid, false));
+}
+
+#[test]
+fn updates_reuse_pattern_slots_and_removal_leaves_nothing_behind() {
+    let compiled = |name: &str, own: &str, mode: &str| {
+        let p = policy(name, json!({"mode": mode, "trustedRegistries": [own, "shared.io"]}));
+        Arc::new(CompiledPolicy::compile(&p).unwrap())
+    };
+    let mut set = PolicySet::default();
+    for i in 0..300 {
+        set.insert(compiled(&format!("p{}", i % 3), &format!("r{i}.io"), "Warn"));
+    }
+    assert_eq!(set.len(), 3);
+    assert_eq!(set.patterns.len(), 4, "three own patterns and the shared one");
+    assert_eq!(set.slots, 4, "300 updates, never more than 4 distinct patterns at once");
+    assert_eq!(Mode::ALL.map(|m| set.count_by_mode(m)), [0, 3, 0]);
+    let d = decide_images(&set, &["r299.io/a:1", "r0.io/a:1", "shared.io/b:1"]);
+    let denied: Vec<&str> = d.violations.iter().map(|v| v.image.as_str()).collect();
+    // p2 trusts r299.io now; nothing trusts r0.io any more (p0's first version did).
+    assert_eq!(denied, ["r299.io/a:1", "r299.io/a:1", "r0.io/a:1", "r0.io/a:1", "r0.io/a:1"]);
+
+    let before = set.clone();
+    assert!(set.remove("p1") && !set.remove("p1"));
+    assert_eq!(before.len(), 3, "a clone taken before is unchanged");
+    set.remove("p0");
+    set.remove("p2");
+    assert!(set.is_empty() && set.patterns.is_empty() && set.by_namespace.is_empty() && set.scanned.is_empty());
+    assert_eq!(set.free.len(), set.slots);
+    assert_eq!(Mode::ALL.map(|m| set.count_by_mode(m)), [0, 0, 0]);
+}
+
+#[test]
+fn compile_reports_a_second_policy_of_one_name() {
+    let (set, errors) = PolicySet::compile(&[corporate(), corporate()]);
+    assert_eq!(set.len(), 1);
+    assert_eq!(errors.len(), 1);
+    assert_eq!(errors[0].to_string(), r#"policy "corporate" is invalid: metadata.name: another policy has this name"#);
 }

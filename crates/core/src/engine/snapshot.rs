@@ -2,7 +2,7 @@
 //! file source or the Kubernetes watchers) publishes, swapped atomically, read lock-free by
 //! every admission request. Admission never waits on a source.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -10,8 +10,9 @@ use arc_swap::ArcSwapOption;
 
 use crate::engine::{Namespace, PolicySet};
 
-/// Labels of every known namespace, by name.
-pub type NamespaceLabels = HashMap<String, BTreeMap<String, String>>;
+/// Labels of every known namespace, by name: a persistent map, so a snapshot shares it with
+/// the watcher's copy (O(1)) and a label change copies one path.
+pub type NamespaceLabels = imbl::HashMap<String, BTreeMap<String, String>>;
 
 /// Everything admission needs to decide, as of one moment.
 #[derive(Debug, Default)]
