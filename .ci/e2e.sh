@@ -73,13 +73,17 @@ trap cleanup EXIT
 
 # Every e2e test file runs in local mode; those that adapt to TRUSTGATE_E2E_MODE=in-cluster run
 # again against the chart's webhook (the others start a trustgate process of their own).
-E2E_TESTS=(--test e2e --test e2e_semantics --test e2e_cluster_check --test e2e_policy_reports --test e2e_inheritance)
-E2E_IN_CLUSTER=(--test e2e --test e2e_semantics --test e2e_inheritance)
+E2E_TESTS=(--test e2e --test e2e_semantics --test e2e_cluster_check --test e2e_policy_reports --test e2e_inheritance --test e2e_bodies)
+E2E_IN_CLUSTER=(--test e2e --test e2e_semantics --test e2e_inheritance --test e2e_bodies)
+# The hostile client of tests/e2e_bodies.rs, and its image in node mode.
+ATTACKER=body-attacker
+ATTACKER_IMAGE=trustgate-body-attacker:e2e
 
 # The test binaries (debug profile, shared with `cargo test`) and the binary they run locally.
 build_tests() {
   step "build the e2e test binaries"
   cargo test --locked "${E2E_TESTS[@]}" --no-run
+  cargo build --locked --example "$ATTACKER"
 }
 
 run_local() {
@@ -103,7 +107,7 @@ run_local() {
 run_node() {
   [[ "$(id -u)" == 0 ]] || { echo "e2e node mode needs root (the kit's node runs containers)" >&2; exit 1; }
   step "node: cargo build --profile $PROFILE"
-  cargo build --locked --profile "$PROFILE"
+  cargo build --locked --profile "$PROFILE" --bin trustgate --example "$ATTACKER"
   build_tests
   step "node: helm (pinned, .ci/tools.sh)"
   # shellcheck source=tools.sh
@@ -113,6 +117,7 @@ run_node() {
   [[ "${E2E_KEEP_CLUSTER:-0}" == 1 ]] || cleanups+=("'$KIT/down' --node")
   step "node: image $IMAGE"
   "$KIT/image" "target/$PROFILE/trustgate" "$IMAGE"
+  "$KIT/image" "target/$PROFILE/examples/$ATTACKER" "$ATTACKER_IMAGE"
   local in_ns=("$KIT/in-ns")
 
   step "node: remove what an earlier run left"

@@ -102,6 +102,10 @@ impl Serve {
         std::fs::read_to_string(&self.ca).unwrap_or_else(|e| panic!("{}: {e}", self.ca.display()))
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("serve.log")).unwrap_or_default()
     }
