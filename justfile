@@ -71,6 +71,11 @@ bench:
 bench-server:
     cargo bench --locked --bench server_load
 
+# Server CPU per review: 40,000 reviews at a fixed 2,000/s over 32 keep-alive TLS connections, the
+# denied Deployment against examples/policies (the figure is the server's utime+stime per review)
+bench-cpu:
+    TRUSTGATE_BENCH_SECS=2 TRUSTGATE_BENCH_FIXED_CONNECTIONS=32 TRUSTGATE_BENCH_FIXED_SECS=20 TRUSTGATE_BENCH_POLICY_FILE={{justfile_directory()}}/examples/policies cargo bench --locked --bench server_load
+
 # (6,000 connections: the recipe raises the open-file limit for the bench and the server it starts)
 # Connection-flood benchmark: reviews from one address while another hogs connections
 bench-flood:

@@ -14,7 +14,10 @@
 //! TRUSTGATE_BENCH_RATE (2000), TRUSTGATE_BENCH_POLICIES (1000), TRUSTGATE_BENCH_HTTP (1 or 2),
 //! TRUSTGATE_BENCH_SERVER_THREADS (server --worker-threads, default: CPUs),
 //! TRUSTGATE_BENCH_CLIENT_THREADS (load generator threads, default: CPUs),
-//! TRUSTGATE_BENCH_FIXTURE (default tests/fixtures/deployment-create-denied.json).
+//! TRUSTGATE_BENCH_FIXTURE (default tests/fixtures/deployment-create-denied.json),
+//! TRUSTGATE_BENCH_FIXED_CONNECTIONS (connections of the fixed-rate phase, default 16),
+//! TRUSTGATE_BENCH_FIXED_SECS (its length, default TRUSTGATE_BENCH_SECS),
+//! TRUSTGATE_BENCH_POLICY_FILE (a policy file or directory instead of the generated policies).
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -457,8 +460,14 @@ fn main() {
     let body = Bytes::from(std::fs::read(&fixture).expect("the review fixture"));
 
     let dir = tempfile::tempdir().unwrap();
-    let policy_file = dir.path().join("policies.yaml");
-    std::fs::write(&policy_file, policies(policy_count)).unwrap();
+    let policy_file = match std::env::var_os("TRUSTGATE_BENCH_POLICY_FILE") {
+        Some(path) => std::path::PathBuf::from(path),
+        None => {
+            let generated = dir.path().join("policies.yaml");
+            std::fs::write(&generated, policies(policy_count)).unwrap();
+            generated
+        }
+    };
     let server = start_server(dir.path(), &policy_file, server_threads);
 
     let runtime =
@@ -476,7 +485,8 @@ fn main() {
             server_threads.map_or("default".to_owned(), |t| t.to_string()),
             if http2 { 2 } else { 1 }
         );
-        println!("review: {} ({} bytes); policies: {policy_count}", fixture, body.len());
+        let policies_shown = std::env::var("TRUSTGATE_BENCH_POLICY_FILE").unwrap_or_else(|_| policy_count.to_string());
+        println!("review: {} ({} bytes); policies: {policies_shown}", fixture, body.len());
         println!("idle:        RSS {:.1} MiB", idle_rss as f64 / 1024.0);
 
         let config = client_config(&std::fs::read(dir.path().join("ca.pem")).unwrap(), http2);
@@ -525,13 +535,17 @@ fn main() {
             peak.load(Ordering::Relaxed) as f64 / 1024.0
         );
 
-        let fixed_connections = connections.min(16);
+        let fixed_connections = setting("TRUSTGATE_BENCH_FIXED_CONNECTIONS", connections.min(16));
+        let fixed_secs = setting("TRUSTGATE_BENCH_FIXED_SECS", secs);
         let connector = Connector { addr: server.addr, config: config.clone(), http2, body: body.clone() };
         let progress = Arc::new(Progress::default());
+        let ticks = server.cpu_ticks();
         let latencies =
-            fixed_rate(&connector, fixed_connections, rate, Duration::from_secs(secs), progress.clone()).await;
+            fixed_rate(&connector, fixed_connections, rate, Duration::from_secs(fixed_secs), progress.clone()).await;
+        // The server process's user + system time over the phase, per review answered.
+        let cpu_micros = (server.cpu_ticks() - ticks) as f64 * 10_000.0 / latencies.0.len().max(1) as f64;
         println!(
-            "fixed rate:  {rate:.0} reviews/s over {fixed_connections} connections, {} reviews, {}; {}",
+            "fixed rate:  {rate:.0} reviews/s over {fixed_connections} connections, {} reviews, {}; {}; server CPU {cpu_micros:.1} µs per review",
             latencies.0.len(),
             progress.report(),
             latencies.summary()
