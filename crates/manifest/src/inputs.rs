@@ -21,7 +21,7 @@ use crate::window::{Window, Windows};
 /// The YAML text read at a time, and handed to the threads as one batch: memory holds a
 /// window, the compact items of its documents and the tree each thread is building, never the
 /// trees of a whole window.
-pub const WINDOW_BYTES: usize = 16 * 1024 * 1024;
+pub const WINDOW_BYTES: usize = 8 * 1024 * 1024;
 
 /// Opens an input for one pass.
 type Open = Box<dyn Fn() -> io::Result<Box<dyn Read>>>;
