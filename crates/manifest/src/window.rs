@@ -83,8 +83,9 @@ impl<R: Read> Windows<R> {
 
     /// Reads until the buffer holds `want` bytes or the stream ends.
     fn fill(&mut self, want: usize) -> io::Result<()> {
-        // Exactly: `read_to_end` alone would double the buffer past the window.
-        self.buffer.reserve_exact(want.saturating_sub(self.buffer.len()));
+        // Exactly: `read_to_end` alone would double the buffer past the window (up to 64 MiB
+        // at once: a window as large as the address space is "read whole", not allocated).
+        self.buffer.reserve_exact(want.saturating_sub(self.buffer.len()).min(64 << 20));
         while !self.eof && self.buffer.len() < want {
             let missing = (want - self.buffer.len()) as u64;
             let read = (&mut self.read).take(missing).read_to_end(&mut self.buffer)?;
