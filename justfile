@@ -90,7 +90,7 @@ bench-bodies:
 # Offline check benchmark: generates inputs into target/bench-check/, times `check` on them
 bench-check bin="target/release/trustgate": build
     bash benches/check-inputs.sh
-    for f in pods-1000 stream-50mb; do for i in 1 2 3; do /usr/bin/time -f "$f: %e s, %U s user, %S s system, %M KB peak RSS" {{bin}} check -p examples/policies -o json target/bench-check/$f.yaml > /dev/null || true; done; done
+    for o in json text; do for f in pods-1000 stream-50mb stream-1gb; do for i in 1 2 3; do /usr/bin/time -f "$f -o $o: %e s, %U s user, %S s system, %M KB peak RSS" {{bin}} check -p examples/policies -o $o target/bench-check/$f.yaml > /dev/null || true; done; done; done
 
 # Policy churn under load: 50 policy updates/s through the watcher's index for 60 s at 2,000 reviews/s
 bench-churn secs="60" rate="2000" churn="50":

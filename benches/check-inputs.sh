@@ -4,6 +4,9 @@
 #   (block style, labels, resources); a third of them use an untrusted image.
 # - stream-50mb.yaml: examples/workloads/api-deployment.yaml repeated 80,802 times with `---`
 #   (about 50 MB, the stream of the Engine section of BENCHMARKS.md).
+# - stream-1gb.yaml: stream-50mb.yaml 20 times (1.04 GB, 1,616,040 Deployments), to show that
+#   `check` reads it in the memory of the 50 MB one. Delete it when disk is short; it is
+#   written again on the next run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=target/bench-check
@@ -54,5 +57,8 @@ if [[ ! -s $out/stream-50mb.yaml ]]; then
   for _ in $(seq 1 26934); do printf -- '---\n%s\n' "$doc"; done > "$out/part.yaml"
   cat "$out/part.yaml" "$out/part.yaml" "$out/part.yaml" > "$out/stream-50mb.yaml"
   rm "$out/part.yaml"
+fi
+if [[ ! -s $out/stream-1gb.yaml ]]; then
+  for _ in $(seq 1 20); do cat "$out/stream-50mb.yaml"; done > "$out/stream-1gb.yaml"
 fi
 ls -l "$out"

@@ -3,6 +3,7 @@
 
 pub mod check;
 pub mod junit;
+pub mod output;
 pub mod sarif;
 pub mod serve;
 pub mod what_if;
@@ -16,10 +17,11 @@ use anstyle::{AnsiColor, Style};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
 
-use check::Report;
-use trustgate_core::api::Mode;
-use trustgate_core::engine::{PolicySet, Verdict};
+use check::{Report, Sink};
+use output::{JsonSink, TextSink};
+use trustgate_core::engine::PolicySet;
 use trustgate_core::reference::Reference;
+use trustgate_manifest::inputs::{Inputs, WINDOW_BYTES};
 use trustgate_manifest::manifest;
 
 /// Exit code: an Enforce policy was violated, or a reference is invalid.
@@ -170,79 +172,78 @@ fn run_check(args: CheckArgs) -> ExitCode {
     if args.cluster {
         let target = what_if::Target { kubeconfig: args.kubeconfig, context: args.context, namespace: args.namespace };
         return match what_if::check(&target, set) {
-            Ok(report) => print_check(&report, args.output),
+            Ok(report) => print_check(report, args.output),
             Err(e) => fail(format!("{e:#}")),
         };
     }
     let paths = if args.paths.is_empty() { vec![PathBuf::from("-")] } else { args.paths };
-    let mut checker = check::Checker::default();
-    let reader = trustgate_manifest::workloads::WorkloadReader { locate: args.output == CheckOutput::Sarif };
-    let read = manifest::read_objects(&paths, &reader, |at, entry| {
-        checker.push(at.source, entry.map_err(|e| e.at(at))?);
-        Ok::<_, check::CheckError>(())
-    });
-    if let Err(e) = read {
-        return fail(e);
-    }
-    let report = checker.finish(&set, args.namespace.as_deref().unwrap_or("default"), jiff::Timestamp::now());
-    print_check(&report, args.output)
-}
-
-/// Prints a check report; the exit code says whether an Enforce policy was violated.
-fn print_check(report: &Report, output: CheckOutput) -> ExitCode {
-    let printed = match output {
-        CheckOutput::Json => print_json(report),
-        CheckOutput::Text => print_report(report),
-        CheckOutput::Sarif => print_json(&sarif::log(report)),
-        CheckOutput::Junit => anstream::stdout().lock().write_all(junit::document(report).as_bytes()),
+    let mut inputs = match Inputs::open(&paths, WINDOW_BYTES) {
+        Ok(inputs) => inputs,
+        Err(e) => return fail(e),
     };
-    if let Err(e) = printed {
-        return fail(format!("writing output: {e}"));
+    let check = check::Check {
+        policies: &set,
+        default_namespace: args.namespace.as_deref().unwrap_or("default"),
+        now: jiff::Timestamp::now(),
+        locate: args.output == CheckOutput::Sarif,
+    };
+    // Text and JSON are written as objects are decided; SARIF and JUnit need every report.
+    let checked = match args.output {
+        CheckOutput::Json => check.run(&mut inputs, &mut json_sink()),
+        CheckOutput::Text => check.run(&mut inputs, &mut text_sink()),
+        CheckOutput::Sarif | CheckOutput::Junit => {
+            let mut report = Report::default();
+            match check.run(&mut inputs, &mut report) {
+                Ok(_) => return print_check(report, args.output),
+                Err(e) => Err(e),
+            }
+        }
+    };
+    match checked {
+        Ok(summary) if summary.denied() => ExitCode::from(EXIT_VIOLATION),
+        Ok(_) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
-    if report.denied() { ExitCode::from(EXIT_VIOLATION) } else { ExitCode::SUCCESS }
 }
 
 /// JSON has no colours: straight to stdout, buffered (a report of 80,000 objects is millions of
 /// lines, and stdout alone writes each line with its own system call).
+fn json_sink() -> JsonSink<impl Write> {
+    JsonSink::new(std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock()))
+}
+
+fn text_sink() -> TextSink<impl Write> {
+    TextSink::new(std::io::BufWriter::with_capacity(1 << 16, anstream::stdout().lock()))
+}
+
+/// Prints a check report; the exit code says whether an Enforce policy was violated.
+fn print_check(report: Report, output: CheckOutput) -> ExitCode {
+    let denied = report.denied();
+    let printed = match output {
+        CheckOutput::Json => replay(report, &mut json_sink()),
+        CheckOutput::Text => replay(report, &mut text_sink()),
+        CheckOutput::Sarif => print_json(&sarif::log(&report)),
+        CheckOutput::Junit => anstream::stdout().lock().write_all(junit::document(&report).as_bytes()),
+    };
+    if let Err(e) = printed {
+        return fail(format!("writing output: {e}"));
+    }
+    if denied { ExitCode::from(EXIT_VIOLATION) } else { ExitCode::SUCCESS }
+}
+
+/// Writes a whole report through a sink.
+fn replay(report: Report, sink: &mut impl Sink) -> std::io::Result<()> {
+    for object in report.objects {
+        sink.object(object)?;
+    }
+    sink.finish(&report.summary)
+}
+
+/// Pretty JSON to stdout, buffered.
 fn print_json(value: &impl Serialize) -> std::io::Result<()> {
     let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
     serde_json::to_writer_pretty(&mut out, value)?;
     writeln!(out)?;
-    out.flush()
-}
-
-fn print_report(report: &Report) -> std::io::Result<()> {
-    let mut out = std::io::BufWriter::with_capacity(1 << 16, anstream::stdout().lock());
-    let dim = Style::new().dimmed();
-    for object in &report.objects {
-        let (label, style) = match object.decision {
-            Verdict::Allow => ("ALLOW", Style::new().fg_color(Some(AnsiColor::Green.into()))),
-            Verdict::Warn => ("WARN ", Style::new().fg_color(Some(AnsiColor::Yellow.into()))),
-            Verdict::Deny => ("DENY ", Style::new().bold().fg_color(Some(AnsiColor::Red.into()))),
-        };
-        writeln!(
-            out,
-            "{style}{label}{style:#} {} {}/{} {dim}({}){dim:#}",
-            object.kind, object.namespace, object.name, object.source
-        )?;
-        // Enforce lines first, as the API server would show them, then Warn, then Audit;
-        // each policy's message once, after the lines.
-        let mut messages: Vec<&str> = Vec::new();
-        for mode in Mode::ALL {
-            for v in object.violations.iter().filter(|v| v.mode == mode) {
-                let tag = if mode == Mode::Enforce { String::new() } else { format!("[{mode}] ") };
-                writeln!(out, "      {tag}{v}")?;
-                if let Some(m) = v.policy_message.as_deref().filter(|m| mode != Mode::Audit && !messages.contains(m)) {
-                    messages.push(m);
-                }
-            }
-        }
-        for m in messages {
-            writeln!(out, "      {dim}{m}{dim:#}")?;
-        }
-    }
-    let s = &report.summary;
-    writeln!(out, "{} objects: {} allowed, {} warned, {} denied", s.objects, s.allowed, s.warned, s.denied)?;
     out.flush()
 }
 

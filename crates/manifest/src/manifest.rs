@@ -2,7 +2,6 @@
 //! objects, directories walked recursively. Shared by `check` and the server's file source.
 
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -27,6 +26,8 @@ pub enum ManifestError {
     Json { path: String, line: usize, column: usize, message: String },
     #[error("{path}: document {document}: {message}")]
     Document { path: String, document: usize, message: String },
+    #[error("-: stdin is longer than a window and cannot be kept in a temporary file: {source}")]
+    Spill { source: std::io::Error },
 }
 
 /// One object read from a file, with where it came from.
@@ -222,42 +223,12 @@ pub struct Position<'a> {
 
 /// Streams below this size are read on the calling thread: threads would cost more than they
 /// save.
-const PARALLEL_MIN_BYTES: usize = 256 * 1024;
-/// The YAML text handed to the threads at a time. Each thread holds one document's tree at a
-/// time, so memory is the file text plus the compact items, never the trees of a whole batch.
-const BATCH_BYTES: usize = 16 * 1024 * 1024;
-
-/// Reads every object of the files or directories in `paths` (`-` reads stdin) with `reader`,
-/// using every core for large YAML streams, and hands the items to `consume` in input order,
-/// with exactly the document numbers and errors of a sequential read.
-pub fn read_objects<R: ObjectReader, E: From<ManifestError>>(
-    paths: &[PathBuf],
-    reader: &R,
-    mut consume: impl FnMut(Position<'_>, Result<R::Item, R::Error>) -> Result<(), E>,
-) -> Result<(), E> {
-    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
-    let threads = |text: &str| if text.len() < PARALLEL_MIN_BYTES { 1 } else { cores };
-    for path in paths {
-        if path.as_os_str() == "-" {
-            let mut text = String::new();
-            std::io::stdin()
-                .read_to_string(&mut text)
-                .map_err(|source| ManifestError::Io { path: "-".into(), source })?;
-            read_stream("-", &text, reader, threads(&text), BATCH_BYTES, &mut consume)?;
-            continue;
-        }
-        for file in files(path)? {
-            let (name, text) = read_text(&file)?;
-            read_stream(&name, &text, reader, threads(&text), BATCH_BYTES, &mut consume)?;
-        }
-    }
-    Ok(())
-}
+pub(crate) const PARALLEL_MIN_BYTES: usize = 256 * 1024;
 
 /// What one piece of a stream gave: its items by document number within the piece, how many
 /// documents it held, and the error that ended it.
-struct PieceOutput<T, X> {
-    items: Vec<(usize, Result<T, X>)>,
+pub(crate) struct PieceOutput<T, X> {
+    pub(crate) items: Vec<(usize, Result<T, X>)>,
     documents: usize,
     error: Option<PieceError>,
 }
@@ -267,8 +238,8 @@ enum PieceError {
     Document { document: usize, message: String },
 }
 
-/// Reads one file's text on `threads` threads, `batch_bytes` of YAML at a time, as
-/// [`read_objects`] does for each file (the fuzz targets compare thread counts and batch sizes).
+/// Reads one file's text on `threads` threads, `batch_bytes` of YAML at a time (the fuzz
+/// targets compare thread counts and batch sizes with the sequential read).
 pub fn read_stream<R: ObjectReader, E: From<ManifestError>>(
     source: &str,
     text: &str,
@@ -286,8 +257,21 @@ pub fn read_stream<R: ObjectReader, E: From<ManifestError>>(
             consume(Position { source, document: d.document }, item)
         });
     };
-    let mut base = 0;
-    let mut rest = &pieces[..];
+    read_pieces(source, &pieces, &mut 0, reader, threads, batch_bytes, consume)
+}
+
+/// Reads consecutive pieces of one stream, `batch_bytes` of them at a time on `threads`
+/// threads; `base` counts the documents of the stream before them, and after them on return.
+pub(crate) fn read_pieces<R: ObjectReader, E: From<ManifestError>>(
+    source: &str,
+    pieces: &[crate::stream::Piece<'_>],
+    base: &mut usize,
+    reader: &R,
+    threads: usize,
+    batch_bytes: usize,
+    consume: &mut impl FnMut(Position<'_>, Result<R::Item, R::Error>) -> Result<(), E>,
+) -> Result<(), E> {
+    let mut rest = pieces;
     while !rest.is_empty() {
         let mut bytes = 0;
         // At least one piece per batch, then pieces until the batch holds `batch_bytes`.
@@ -301,9 +285,9 @@ pub fn read_stream<R: ObjectReader, E: From<ManifestError>>(
             .count();
         let (batch, tail) = rest.split_at(take);
         rest = tail;
-        for output in read_batch(batch, reader, threads) {
+        for output in read_batch(batch, reader, threads, true) {
             for (document, item) in output.items {
-                consume(Position { source, document: base + document }, item)?;
+                consume(Position { source, document: *base + document }, item)?;
             }
             match output.error {
                 None => {}
@@ -313,24 +297,26 @@ pub fn read_stream<R: ObjectReader, E: From<ManifestError>>(
                 Some(PieceError::Document { document, message }) => {
                     return Err(ManifestError::Document {
                         path: source.to_owned(),
-                        document: base + document,
+                        document: *base + document,
                         message,
                     }
                     .into());
                 }
             }
-            base += output.documents;
+            *base += output.documents;
         }
     }
     Ok(())
 }
 
 /// Reads a batch of pieces on up to `threads` threads, each taking a run of consecutive pieces
-/// of about the same size; the outputs come back in input order.
-fn read_batch<R: ObjectReader>(
+/// of about the same size; the outputs come back in input order. With `stop`, a run ends at
+/// its first error (the consumer stops there: what follows would be wasted work).
+pub(crate) fn read_batch<R: ObjectReader>(
     batch: &[crate::stream::Piece<'_>],
     reader: &R,
     threads: usize,
+    stop: bool,
 ) -> Vec<PieceOutput<R::Item, R::Error>> {
     let run = |pieces: &[crate::stream::Piece<'_>]| {
         let mut out = Vec::with_capacity(pieces.len());
@@ -338,8 +324,7 @@ fn read_batch<R: ObjectReader>(
             let output = read_piece(*piece, reader);
             let failed = output.error.is_some();
             out.push(output);
-            // The consumer stops at the error: what follows would be wasted work.
-            if failed {
+            if failed && stop {
                 break;
             }
         }
@@ -475,6 +460,7 @@ pub fn parse_policies(source: &str, text: &str) -> Result<Vec<TrustedRegistryPol
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     /// Streams every object from the files or directories in `paths` (`-` reads stdin) to `f`,
     /// one document at a time, so that large streams never sit in memory as parsed trees.

@@ -134,6 +134,15 @@ impl ObjectReader for WorkloadReader {
     }
 }
 
+/// Whether a document's text may hold a Namespace object (alone or in a `List`): the documents
+/// that the first pass of `check` reads for their labels. The kind must then be written
+/// `Namespace`, in the document itself (an alias points into the same document), unless it is
+/// spelled with an escape (`\` in a double-quoted YAML or JSON string) or tagged (`!`): a text
+/// with neither holds no Namespace, and a false yes costs only the reading of one document.
+pub fn may_hold_namespace(text: &str) -> bool {
+    text.contains("Namespace") || text.contains('\\') || text.contains('!')
+}
+
 /// The name and labels of a Namespace object.
 fn namespace_labels(object: &Value) -> Option<(String, BTreeMap<String, String>)> {
     if object.get("kind").and_then(Value::as_str) != Some("Namespace") {
