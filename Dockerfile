@@ -28,6 +28,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY benches ./benches
 COPY src ./src
 COPY crates ./crates
+# A workspace member (a test tool, not built here): Cargo.lock lists it, and --locked needs it.
+COPY tools ./tools
 # One cache per architecture: the platforms build in parallel and their host artifacts
 # (build scripts, proc macros) differ.
 RUN --mount=type=cache,id=cargo-registry-${TARGETARCH},target=/usr/local/cargo/registry \

@@ -44,7 +44,7 @@ run:
 
 # End-to-end tests (every tests/e2e*.rs file) against the cluster KUBECONFIG points to
 e2e:
-    cargo build --locked --example body-attacker
+    cargo build --locked -p trustgate-body-attacker
     cargo test --locked --test e2e --test e2e_semantics --test e2e_cluster_check --test e2e_policy_reports --test e2e_inheritance --test e2e_bodies -- --ignored --test-threads=1
 
 # API server disruption e2e on the kit's local cluster (own state dir and ports; ../shared/k8s)

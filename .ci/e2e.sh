@@ -75,15 +75,15 @@ trap cleanup EXIT
 # again against the chart's webhook (the others start a trustgate process of their own).
 E2E_TESTS=(--test e2e --test e2e_semantics --test e2e_cluster_check --test e2e_policy_reports --test e2e_inheritance --test e2e_bodies)
 E2E_IN_CLUSTER=(--test e2e --test e2e_semantics --test e2e_inheritance --test e2e_bodies)
-# The hostile client of tests/e2e_bodies.rs, and its image in node mode.
-ATTACKER=body-attacker
+# The hostile client of tests/e2e_bodies.rs (tools/body-attacker), and its image in node mode.
+ATTACKER=trustgate-body-attacker
 ATTACKER_IMAGE=trustgate-body-attacker:e2e
 
 # The test binaries (debug profile, shared with `cargo test`) and the binary they run locally.
 build_tests() {
   step "build the e2e test binaries"
   cargo test --locked "${E2E_TESTS[@]}" --no-run
-  cargo build --locked --example "$ATTACKER"
+  cargo build --locked -p "$ATTACKER"
 }
 
 run_local() {
@@ -107,7 +107,9 @@ run_local() {
 run_node() {
   [[ "$(id -u)" == 0 ]] || { echo "e2e node mode needs root (the kit's node runs containers)" >&2; exit 1; }
   step "node: cargo build --profile $PROFILE"
-  cargo build --locked --profile "$PROFILE" --bin trustgate --example "$ATTACKER"
+  cargo build --locked --profile "$PROFILE"
+  # Its own invocation: the attacker's dependency features must not reach the image's binary.
+  cargo build --locked --profile "$PROFILE" -p "$ATTACKER"
   build_tests
   step "node: helm (pinned, .ci/tools.sh)"
   # shellcheck source=tools.sh
@@ -117,7 +119,7 @@ run_node() {
   [[ "${E2E_KEEP_CLUSTER:-0}" == 1 ]] || cleanups+=("'$KIT/down' --node")
   step "node: image $IMAGE"
   "$KIT/image" "target/$PROFILE/trustgate" "$IMAGE"
-  "$KIT/image" "target/$PROFILE/examples/$ATTACKER" "$ATTACKER_IMAGE"
+  "$KIT/image" "target/$PROFILE/body-attacker" "$ATTACKER_IMAGE"
   local in_ns=("$KIT/in-ns")
 
   step "node: remove what an earlier run left"

@@ -3,7 +3,7 @@
 //! the webhook, reconnecting whenever one ends, every review the API server sends still gets
 //! the policy's answer, and the webhook neither crashes nor restarts.
 //!
-//! The attacker is examples/body-attacker.rs. With `TRUSTGATE_E2E_MODE=in-cluster`
+//! The attacker is tools/body-attacker (`cargo build -p trustgate-body-attacker`). With `TRUSTGATE_E2E_MODE=in-cluster`
 //! (`.ci/e2e.sh node`) it runs as two Pods on the kit's node (image
 //! `trustgate-body-attacker:e2e`, loaded by the script) against every replica of the chart's
 //! webhook, with the chart's resource limits: no container may restart (an OOM kill is a
@@ -47,12 +47,12 @@ struct Tally {
     most_open: u64,
 }
 
-/// The attacker binary `cargo test` built beside this test (target/<profile>/examples).
+/// The attacker binary, built beside this test (target/<profile>/body-attacker).
 fn attacker_binary() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let path = profile_dir.join("examples").join("body-attacker");
-    assert!(path.exists(), "{} is missing: cargo test builds it (cargo build --example body-attacker)", path.display());
+    let path = profile_dir.join("body-attacker");
+    assert!(path.exists(), "{} is missing: build it first (cargo build -p trustgate-body-attacker)", path.display());
     path
 }
 

@@ -6,7 +6,7 @@
 //! It stops after `--seconds` and prints one line of JSON: what it did.
 //!
 //! It verifies no certificate: an attacker need not trust the server. Not part of trustgate;
-//! `cargo build --example body-attacker`. In-cluster, `.ci/e2e.sh node` loads it as the image
+//! `cargo build -p trustgate-body-attacker`. In-cluster, `.ci/e2e.sh node` loads it as the image
 //! `trustgate-body-attacker:e2e` and the test runs it as a Pod (so that the webhook sees it from
 //! a Pod address, as it would see a tenant).
 //!
