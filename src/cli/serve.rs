@@ -28,6 +28,7 @@ use trustgate_admission::tls::{CertificateFiles, Credentials, Reloader, SelfSign
 use trustgate_cluster::file_source::{self, FileSource, SourceMetrics};
 use trustgate_cluster::policy_report::Installation;
 use trustgate_core::engine::snapshot::Store;
+use trustgate_runtime::log_writer;
 
 /// Where policies come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -279,7 +280,7 @@ impl ServeArgs {
 /// Runs the server until a signal; returns the process exit code.
 pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     // Flushes the log lines still queued when dropped, at exit.
-    let (_logs, dropped_lines) = init_tracing(args.log_format);
+    let (_logs, dropped_lines) = init_tracing(args.log_format)?;
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if let Some(threads) = args.worker_threads {
         runtime.worker_threads(usize::from(threads));
@@ -291,22 +292,18 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     code
 }
 
-/// Logs go to stderr through a background thread: a request never waits on the log pipe, and
-/// lines are dropped (not queued without bound) if it cannot keep up; the returned counter says
-/// how many (`trustgate_log_lines_dropped_total`).
-fn init_tracing(
-    format: Option<LogFormat>,
-) -> (tracing_appender::non_blocking::WorkerGuard, tracing_appender::non_blocking::ErrorCounter) {
+/// Logs go to stderr through a background thread that writes them in batches every
+/// [`log_writer::FLUSH_INTERVAL`]: a request never waits on the log pipe, and lines are dropped
+/// (not queued without bound) if it cannot keep up; the returned counter says how many
+/// (`trustgate_log_lines_dropped_total`).
+fn init_tracing(format: Option<LogFormat>) -> anyhow::Result<(log_writer::FlushGuard, log_writer::DroppedLines)> {
     let terminal = std::io::stderr().is_terminal();
     let format = format.unwrap_or(if terminal { LogFormat::Text } else { LogFormat::Json });
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    // 8,192 queued lines (the default, 128,000, costs 4 MiB of resident memory up front).
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .buffered_lines_limit(8192)
-        .finish(std::io::stderr());
-    let dropped = writer.error_counter();
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(terminal);
+    let (writer, dropped, guard) = log_writer::spawn(std::io::stderr()).context("cannot start the log writer")?;
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(move || writer.clone()).with_ansi(terminal);
     let result = match format {
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init(),
         LogFormat::Text => builder.try_init(),
@@ -314,7 +311,7 @@ fn init_tracing(
     if let Err(e) = result {
         eprintln!("warning: logging is already set up: {e}");
     }
-    (guard, dropped)
+    Ok((guard, dropped))
 }
 
 /// Tries of the first policy-file load before `serve` gives up (each takes at least the file
@@ -334,10 +331,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(BACKLOG)
 }
 
-async fn serve(
-    args: ServeArgs,
-    dropped_lines: tracing_appender::non_blocking::ErrorCounter,
-) -> anyhow::Result<ExitCode> {
+async fn serve(args: ServeArgs, dropped_lines: log_writer::DroppedLines) -> anyhow::Result<ExitCode> {
     let source_kind = args.source()?;
     if args.max_body_bytes_per_source > args.max_body_bytes_in_flight {
         bail!(
@@ -592,8 +586,8 @@ mod tests {
         SnapshotCollector::register(&mut registry, store.clone());
         let admission = AdmissionMetrics::register(&mut registry);
         admission.touch_every_family();
-        let (_writer, _guard) = tracing_appender::non_blocking(std::io::sink());
-        LogCollector::register(&mut registry, _writer.error_counter());
+        let (_writer, dropped, _guard) = log_writer::spawn(std::io::sink()).unwrap();
+        LogCollector::register(&mut registry, dropped);
         let tls = TlsMetrics::register(&mut registry);
         tls.reloaded();
         SourceMetrics::register(&mut registry).reloaded();

@@ -18,6 +18,7 @@ use prometheus_client::registry::Registry;
 
 use crate::connections::{Refusal, Shed};
 use trustgate_core::api::Mode;
+use trustgate_runtime::log_writer::DroppedLines;
 
 use trustgate_core::engine::Verdict;
 use trustgate_core::engine::snapshot::Store;
@@ -345,16 +346,16 @@ impl Collector for SnapshotCollector {
     }
 }
 
-/// Reports `trustgate_log_lines_dropped_total`: log lines the non-blocking log writer dropped
-/// because its queue was full (a burst faster than stderr drains). Decisions are still answered
+/// Reports `trustgate_log_lines_dropped_total`: log lines the log writer dropped because its
+/// buffer was full (a burst faster than stderr drains). Decisions are still answered
 /// and counted in the request metrics; only their log lines are lost.
 #[derive(Debug)]
 pub struct LogCollector {
-    dropped: tracing_appender::non_blocking::ErrorCounter,
+    dropped: DroppedLines,
 }
 
 impl LogCollector {
-    pub fn register(registry: &mut Registry, dropped: tracing_appender::non_blocking::ErrorCounter) {
+    pub fn register(registry: &mut Registry, dropped: DroppedLines) {
         registry.register_collector(Box::new(LogCollector { dropped }));
     }
 }
@@ -364,7 +365,7 @@ impl Collector for LogCollector {
         let dropped = ConstCounter::new(u64::try_from(self.dropped.dropped_lines()).unwrap_or(u64::MAX));
         let metric = encoder.encode_descriptor(
             "log_lines_dropped",
-            "Log lines dropped because the log writer's queue was full",
+            "Log lines dropped because the log writer's buffer was full",
             None,
             dropped.metric_type(),
         )?;
@@ -442,39 +443,36 @@ mod tests {
         assert!(text.contains("trustgate_admission_open_connections 2"), "{text}");
     }
 
-    /// A log writer that blocks until told to go on, as a stalled stderr pipe does.
-    struct StalledWriter(std::sync::Arc<std::sync::Mutex<()>>);
-
-    impl std::io::Write for StalledWriter {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            drop(self.0.lock());
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
     #[test]
-    fn log_lines_dropped_by_a_full_queue_are_counted() {
+    fn log_lines_dropped_by_a_full_buffer_are_counted() {
         use std::io::Write as _;
+        // Never drained (the sink blocks until the end): the buffer fills and lines are dropped.
         let gate = std::sync::Arc::new(std::sync::Mutex::new(()));
         let held = gate.lock().unwrap();
-        let (mut writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-            .buffered_lines_limit(4)
-            .finish(StalledWriter(gate.clone()));
-        let mut registry = registry();
-        LogCollector::register(&mut registry, writer.error_counter());
-        assert!(encode(&registry).unwrap().contains("trustgate_log_lines_dropped_total 0"));
-        for _ in 0..100 {
-            writer.write_all(b"a decision\n").unwrap();
+        struct Stalled(std::sync::Arc<std::sync::Mutex<()>>);
+        impl std::io::Write for Stalled {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                drop(self.0.lock());
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
         }
-        // At most the queue and the one line being written got through.
-        let dropped = writer.error_counter().dropped_lines();
-        assert!(dropped >= 100 - 4 - 1, "{dropped}");
+        let (mut writer, dropped, guard) = trustgate_runtime::log_writer::spawn(Stalled(gate.clone())).unwrap();
+        let mut registry = registry();
+        LogCollector::register(&mut registry, dropped.clone());
+        assert!(encode(&registry).unwrap().contains("trustgate_log_lines_dropped_total 0"));
+        let line = [b'x'; 1023].iter().chain(b"\n").copied().collect::<Vec<u8>>();
+        for _ in 0..3 * trustgate_runtime::log_writer::CAPACITY / line.len() {
+            writer.write_all(&line).unwrap();
+        }
+        // At most the batch being written and the full buffer got through.
+        let count = dropped.dropped_lines();
+        assert!(count >= trustgate_runtime::log_writer::CAPACITY / line.len(), "{count}");
         let text = encode(&registry).unwrap();
         assert!(text.contains("# TYPE trustgate_log_lines_dropped counter"), "{text}");
-        assert!(text.contains(&format!("trustgate_log_lines_dropped_total {dropped}")), "{text}");
+        assert!(text.contains(&format!("trustgate_log_lines_dropped_total {count}")), "{text}");
         drop(held);
         drop(guard);
     }
